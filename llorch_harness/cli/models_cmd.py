@@ -1,0 +1,130 @@
+"""`llorch-pool models ...`: catalog editing and downloads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .. import catalog as cat
+from .common import add_pool_root, pool_paths, require_subcommand
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    models = sub.add_parser("models", help="model catalog and downloads")
+    add_pool_root(models)
+    models.set_defaults(func=require_subcommand(models))
+    msub = models.add_subparsers(dest="models_command", metavar="ACTION")
+
+    p = msub.add_parser("download", help="download a model from the hub and verify it")
+    p.add_argument("model_id")
+    p.add_argument("--force", action="store_true", help="download again even if verified")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_download)
+
+    p = msub.add_parser("verify", help="re-check a downloaded model's files offline")
+    p.add_argument("model_id")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = msub.add_parser("catalog", help="show the catalog (CP3 table)")
+    p.add_argument("--json", action="store_true", help="print the catalog file as JSON")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_catalog)
+
+    p = msub.add_parser("list", help="known and registered models with download state")
+    p.add_argument("--json", action="store_true")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_list)
+
+    p = msub.add_parser("register", help="add a model to the catalog")
+    p.add_argument("model_id")
+    p.add_argument("--name", required=True)
+    p.add_argument("--repo", required=True, help="hub repo ORG/NAME")
+    p.add_argument("--architecture", required=True)
+    p.add_argument("--backends", default="cpu,metal,cuda", help="comma list (default: all)")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_register)
+
+    p = msub.add_parser("unregister", help="remove a model from the catalog (files stay)")
+    p.add_argument("model_id")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_unregister)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from ..download import download_model
+
+    download_model(pool_paths(args), args.model_id, force=args.force)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..download import verify_model
+
+    verify_model(pool_paths(args), args.model_id)
+    return 0
+
+
+def format_catalog_table(catalog: cat.Catalog) -> str:
+    lines = [
+        f"Model Catalog for {catalog.pool_id}",
+        "=" * 80,
+        f"{'ID':<15} {'Name':<30} {'Downloaded':<12} {'Size':<10} {'Backends'}",
+        "-" * 80,
+    ]
+    for m in catalog.models:
+        state = "✅" if m.downloaded else "❌"
+        size = f"{m.size_gb:.1f} GB" if m.downloaded else "-"
+        lines.append(f"{m.id:<15} {m.name[:30]:<30} {state:<12} {size:<10} {', '.join(m.backends)}")
+    if not catalog.models:
+        lines.append("(no models registered: llorch-pool models download ID registers known ones)")
+    lines.append("=" * 80)
+    return "\n".join(lines)
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    catalog = cat.read_catalog(pool_paths(args))
+    print(catalog.dumps() if args.json else format_catalog_table(catalog), end="\n" if not args.json else "")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    catalog = cat.read_catalog(pool_paths(args))
+    rows = []
+    known = cat.known_models()
+    for model_id in sorted(set(known) | {m.id for m in catalog.models}):
+        entry = catalog.find(model_id)
+        ref = entry or known[model_id]
+        rows.append({
+            "id": model_id,
+            "name": ref.name,
+            "repo": ref.repo,
+            "registered": entry is not None,
+            "downloaded": bool(entry and entry.downloaded),
+            "size_gb": entry.size_gb if entry and entry.downloaded else None,
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'ID':<15} {'Repo':<40} {'Registered':<11} {'Downloaded'}")
+    for r in rows:
+        reg = "yes" if r["registered"] else "no"
+        dl = f"yes ({r['size_gb']:.2f} GB)" if r["downloaded"] else "no"
+        print(f"{r['id']:<15} {r['repo']:<40} {reg:<11} {dl}")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    entry = cat.register_model(
+        pool_paths(args), args.model_id, name=args.name, repo=args.repo,
+        architecture=args.architecture, backends=backends,
+    )
+    print(f"✅ Registered {entry.id} ({entry.repo}) at {entry.path}")
+    return 0
+
+
+def cmd_unregister(args: argparse.Namespace) -> int:
+    cat.unregister_model(pool_paths(args), args.model_id)
+    print(f"✅ Unregistered {args.model_id} (files left in place)")
+    return 0

@@ -1,0 +1,31 @@
+"""`llorch-pool`: the pool-local commands of CP3 (models, worker, status)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from .. import __version__
+from . import models_cmd, status_cmd, worker_cmd
+from .common import add_pool_root, run_parsed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llorch-pool", description="Manage models and llorch-candled workers on this pool."
+    )
+    parser.add_argument("--version", action="version", version=f"llorch-pool {__version__}")
+    add_pool_root(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    models_cmd.register(sub)
+    worker_cmd.register(sub)
+    status_cmd.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_parsed(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

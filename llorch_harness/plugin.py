@@ -1,0 +1,1 @@
+"""pytest plugin entry point (pytest11). Hooks stay thin; logic lives in plain modules."""

@@ -1,0 +1,1 @@
+"""Reference CPU worker: a numpy Qwen2 engine behind the llorch-candled wire contract."""
