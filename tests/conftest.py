@@ -1,0 +1,61 @@
+"""Shared set-up for the harness's own tests.
+
+Hub client switches are set before anything imports huggingface_hub (it reads
+them once, at import). At the end of the session no process spawned by a test
+may survive: a leftover is killed and turns the run red, so a leak is never silent.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+os.environ.setdefault("HF_HUB_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from pathlib import Path  # noqa: E402
+
+import psutil  # noqa: E402
+import pytest  # noqa: E402
+
+MARKER = "LLORCH_HARNESS_POOL"
+
+
+def leftover_marked_processes(base: Path) -> list[psutil.Process]:
+    """Processes carrying the spawn marker with a pool root inside this run's temp dir."""
+    found = []
+    prefix = str(base.resolve())
+    for proc in psutil.process_iter(["pid", "environ"]):
+        try:
+            env = proc.info.get("environ") or {}
+        except (psutil.Error, OSError):
+            continue
+        root = env.get(MARKER)
+        if root and root.startswith(prefix) and proc.pid != os.getpid():
+            found.append(proc)
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput"):
+        return  # the controller checks once every xdist worker is done
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    base = factory.getbasetemp()
+    leaks = leftover_marked_processes(base)
+    if not leaks:
+        return
+    lines = []
+    for proc in leaks:
+        try:
+            lines.append(f"pid {proc.pid}: {' '.join(proc.cmdline())[:200]}")
+            proc.kill()
+        except psutil.Error:
+            continue
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = "harness test run leaked worker processes (killed now):\n  " + "\n  ".join(lines)
+    if reporter is not None:
+        reporter.write_line(message, red=True)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
