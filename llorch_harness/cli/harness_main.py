@@ -42,12 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     hub.set_defaults(func=require_subcommand(hub))
     hsub = hub.add_subparsers(dest="hub_command", metavar="ACTION")
     s = hsub.add_parser("serve", help="serve DIR/ORG/NAME repos over HTTP")
-    try:
-        from ..hub import add_serve_arguments
+    from ..hub import add_serve_arguments
 
-        add_serve_arguments(s)
-    except ImportError:  # hub module not built yet
-        s.add_argument("dir")
+    add_serve_arguments(s)
     s.set_defaults(func=cmd_hub_serve)
     return parser
 
