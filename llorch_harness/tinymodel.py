@@ -1,0 +1,313 @@
+"""A deterministic tiny Qwen2 model (about 1 MB) that the harness builds instead of downloading.
+
+Why: tests and the local hub need a model with the exact file layout of a Hugging Face
+Qwen2 repo (config.json, model.safetensors, tokenizer.json, ...) that loads in the
+reference worker and in ``transformers``, without any network. Same seed => byte-identical
+files, so its hashes can be pinned; the weights are random but scaled so that greedy
+output is varied (not one token repeated) and depends on the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from llorch_harness.fsutil import atomic_write_bytes, atomic_write_text
+
+TINY_QWEN_REPO = "llorch-test/tiny-qwen"
+
+SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+EOS_TOKEN = "<|endoftext|>"
+TOKENIZER_VOCAB_TARGET = 768
+
+# Architecture: Qwen2 in miniature (GQA 4 query heads over 2 kv heads, head_dim 16).
+HIDDEN_SIZE = 64
+INTERMEDIATE_SIZE = 176
+NUM_LAYERS = 2
+NUM_HEADS = 4
+NUM_KV_HEADS = 2
+MAX_POSITIONS = 512
+
+# Weight scales, chosen by experiment: larger-than-usual projections make the random
+# network chaotic enough that 32 greedy tokens hold >= 16 distinct ids.
+EMBED_STD = 1.0
+PROJ_GAIN = 3.0
+BIAS_STD = 0.5
+NORM_JITTER = 0.1
+# Rows of single-byte tokens that are not printable ASCII (UTF-8 fragments, control
+# bytes) are shrunk so that greedy output reads mostly as text; sampling still reaches them.
+FRAGMENT_EMBED_SCALE = 0.3
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+    "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def corpus_text() -> str:
+    """The fixed training text shipped as package data."""
+    return (resources.files("llorch_harness") / "data" / "tiny_corpus.txt").read_text(
+        encoding="utf-8"
+    )
+
+
+def train_tokenizer(vocab_size: int = TOKENIZER_VOCAB_TARGET) -> Tokenizer:
+    """A byte-level BPE like Qwen's (any byte sequence encodes), trained on the corpus."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus_text().splitlines(keepends=True), trainer)
+    return tok
+
+
+def tiny_config(vocab_size: int, eos_id: int) -> dict[str, Any]:
+    """``config.json`` with every key llorch-candled's Qwen2 loader reads."""
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "hidden_act": "silu",
+        "hidden_size": HIDDEN_SIZE,
+        "initializer_range": 0.02,
+        "intermediate_size": INTERMEDIATE_SIZE,
+        "max_position_embeddings": MAX_POSITIONS,
+        "max_window_layers": NUM_LAYERS,
+        "model_type": "qwen2",
+        "num_attention_heads": NUM_HEADS,
+        "num_hidden_layers": NUM_LAYERS,
+        "num_key_value_heads": NUM_KV_HEADS,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 10000.0,
+        "sliding_window": MAX_POSITIONS,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": vocab_size,
+    }
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-to-unicode table, inverted: the char a ByteLevel token uses per byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs = list(bs)
+    extra = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def fragment_token_ids(tok: Tokenizer) -> list[int]:
+    """Ids of single-byte tokens whose byte is not printable ASCII (or space/newline)."""
+    table = _byte_decoder()
+    out = []
+    for token, idx in tok.get_vocab(with_added_tokens=False).items():
+        if len(token) == 1 and token in table:
+            b = table[token]
+            if b >= 0x80 or (b < 0x20 and b != 0x0A):
+                out.append(idx)
+    return sorted(out)
+
+
+def tiny_weights(
+    config: dict[str, Any], seed: int, fragment_ids: list[int] | None = None
+) -> dict[str, np.ndarray]:
+    """Random float32 weights with Hugging Face Qwen2 tensor names, drawn in a fixed order."""
+    rng = np.random.default_rng(seed)
+    d = int(config["hidden_size"])
+    inter = int(config["intermediate_size"])
+    n_h = int(config["num_attention_heads"])
+    n_kv = int(config["num_key_value_heads"])
+    hd = d // n_h
+    vocab = int(config["vocab_size"])
+
+    def mat(rows: int, cols: int) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) * (PROJ_GAIN / np.sqrt(cols))).astype(np.float32)
+
+    def vec(n: int, std: float, mean: float = 0.0) -> np.ndarray:
+        return (mean + rng.standard_normal(n) * std).astype(np.float32)
+
+    embed = (rng.standard_normal((vocab, d)) * EMBED_STD).astype(np.float32)
+    if fragment_ids:
+        embed[np.asarray(fragment_ids, dtype=np.int64)] *= np.float32(FRAGMENT_EMBED_SCALE)
+    w: dict[str, np.ndarray] = {"model.embed_tokens.weight": embed}
+    for i in range(int(config["num_hidden_layers"])):
+        p = f"model.layers.{i}."
+        w[p + "input_layernorm.weight"] = vec(d, NORM_JITTER, 1.0)
+        w[p + "self_attn.q_proj.weight"] = mat(n_h * hd, d)
+        w[p + "self_attn.q_proj.bias"] = vec(n_h * hd, BIAS_STD)
+        w[p + "self_attn.k_proj.weight"] = mat(n_kv * hd, d)
+        w[p + "self_attn.k_proj.bias"] = vec(n_kv * hd, BIAS_STD)
+        w[p + "self_attn.v_proj.weight"] = mat(n_kv * hd, d)
+        w[p + "self_attn.v_proj.bias"] = vec(n_kv * hd, BIAS_STD)
+        w[p + "self_attn.o_proj.weight"] = mat(d, n_h * hd)
+        w[p + "post_attention_layernorm.weight"] = vec(d, NORM_JITTER, 1.0)
+        w[p + "mlp.gate_proj.weight"] = mat(inter, d)
+        w[p + "mlp.up_proj.weight"] = mat(inter, d)
+        w[p + "mlp.down_proj.weight"] = mat(d, inter)
+    w["model.norm.weight"] = vec(d, NORM_JITTER, 1.0)
+    if not config["tie_word_embeddings"]:
+        w["lm_head.weight"] = mat(vocab, d)
+    return w
+
+
+def _to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns, rounding to nearest even (as torch does)."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)
+    return ((bits + rounding) >> np.uint32(16)).astype(np.uint16)
+
+
+def safetensors_bytes(
+    tensors: Mapping[str, np.ndarray],
+    *,
+    dtype: str = "F32",
+    metadata: Mapping[str, str] | None = None,
+) -> bytes:
+    """Serialise float tensors as F32, F16 or BF16 safetensors, byte-for-byte reproducibly.
+
+    Written by hand (not ``safetensors.numpy.save``) because that library orders the
+    metadata map differently from run to run, and numpy cannot produce bf16 itself.
+    """
+    header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    chunks: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        arr = np.asarray(tensors[name])
+        if dtype == "F32":
+            data = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+        elif dtype == "F16":
+            data = np.ascontiguousarray(arr, dtype=np.float32).astype("<f2").tobytes()
+        elif dtype == "BF16":
+            data = _to_bf16_bits(arr).astype("<u2").tobytes()
+        else:
+            raise ValueError(f"unsupported dtype {dtype}")
+        header[name] = {
+            "data_offsets": [offset, offset + len(data)],
+            "dtype": dtype,
+            "shape": [int(n) for n in arr.shape],
+        }
+        chunks.append(data)
+        offset += len(data)
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + b"".join(chunks)
+
+
+def _json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def build_tiny_model(out_dir: Path, seed: int = 0) -> list[Path]:
+    """Write the tiny Qwen2 repo files into ``out_dir``; return their paths (sorted)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = train_tokenizer()
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    eos_id = tok.token_to_id(EOS_TOKEN)
+    assert eos_id is not None
+    config = tiny_config(vocab_size, eos_id)
+    weights = tiny_weights(config, seed, fragment_token_ids(tok))
+
+    files = {
+        "config.json": _json_text(config),
+        "generation_config.json": _json_text(
+            {
+                "bos_token_id": eos_id,
+                "do_sample": False,
+                "eos_token_id": eos_id,
+                "max_new_tokens": 64,
+                "pad_token_id": eos_id,
+            }
+        ),
+        "tokenizer.json": tok.to_str(pretty=True) + "\n",
+        "tokenizer_config.json": _json_text(
+            {
+                "add_bos_token": False,
+                "add_prefix_space": False,
+                "bos_token": None,
+                "chat_template": CHAT_TEMPLATE,
+                "clean_up_tokenization_spaces": False,
+                "eos_token": EOS_TOKEN,
+                "model_max_length": MAX_POSITIONS,
+                "pad_token": EOS_TOKEN,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "unk_token": None,
+            }
+        ),
+    }
+    written: list[Path] = []
+    for name, text in files.items():
+        path = out_dir / name
+        atomic_write_text(path, text)
+        written.append(path)
+    st_path = out_dir / "model.safetensors"
+    atomic_write_bytes(st_path, safetensors_bytes(weights))
+    written.append(st_path)
+    return sorted(written)
+
+
+def export_variant(
+    src_dir: Path, out_dir: Path, *, dtype: str = "F32", shards: int = 1
+) -> list[Path]:
+    """Copy a model dir with its weights re-encoded as ``dtype`` and split into ``shards``.
+
+    Why: real checkpoints come as bf16 and in several shards (with an index file); the
+    loaders must handle both, and tests need such variants without a download.
+    """
+    from llorch_harness.refworker.qwen2 import read_safetensors
+
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for src in sorted(src_dir.iterdir()):
+        if src.is_file() and src.suffix == ".json" and src.name != "model.safetensors.index.json":
+            dst = out_dir / src.name
+            atomic_write_bytes(dst, src.read_bytes())
+            written.append(dst)
+    tensors: dict[str, np.ndarray] = {}
+    for f in sorted(src_dir.glob("*.safetensors")):
+        tensors.update(read_safetensors(f))
+    names = sorted(tensors)
+    if shards <= 1:
+        dst = out_dir / "model.safetensors"
+        atomic_write_bytes(dst, safetensors_bytes(tensors, dtype=dtype))
+        return sorted([*written, dst])
+    per = -(-len(names) // shards)
+    weight_map: dict[str, str] = {}
+    total = 0
+    for i in range(shards):
+        part = names[i * per : (i + 1) * per]
+        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        data = safetensors_bytes({n: tensors[n] for n in part}, dtype=dtype)
+        dst = out_dir / fname
+        atomic_write_bytes(dst, data)
+        written.append(dst)
+        weight_map.update(dict.fromkeys(part, fname))
+        itemsize = 4 if dtype == "F32" else 2
+        total += sum(int(tensors[n].size) * itemsize for n in part)
+    index = out_dir / "model.safetensors.index.json"
+    atomic_write_text(
+        index, _json_text({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    return sorted([*written, index])
