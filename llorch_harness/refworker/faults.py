@@ -1,0 +1,92 @@
+"""Test-only fault switches (env `LLORCH_REF_FAULTS`) that make the reference worker misbehave
+the way real llorch-candled builds have misbehaved.
+
+Why: the harness's own tests must prove that its gate checks *fail* on a broken worker
+(broadcasting errors, silent drift, panics, hangs, signal-deaf processes). All switches are
+off unless the variable is set; never set it for a real gate run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ENV_VAR = "LLORCH_REF_FAULTS"
+
+FLAG_NAMES: tuple[str, ...] = (
+    "broadcast",
+    "drift",
+    "panic_after_first",
+    "never_ready",
+    "ignore_signals",
+    "warmup_pollution",
+    "nan",
+    "stall",
+)
+VALUE_NAMES: tuple[str, ...] = ("slow_start", "slow_execute")
+
+
+class FaultSpecError(ValueError):
+    """`LLORCH_REF_FAULTS` names a switch that does not exist or has a bad value."""
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Which faults are on. Every field defaults to off."""
+
+    broadcast: bool = False
+    drift: bool = False
+    panic_after_first: bool = False
+    never_ready: bool = False
+    ignore_signals: bool = False
+    warmup_pollution: bool = False
+    nan: bool = False
+    stall: bool = False
+    slow_start: float = 0.0
+    slow_execute: float = 0.0
+
+    @property
+    def active(self) -> list[str]:
+        """Names of the switches that are on, in a stable order (for the start-up WARN line)."""
+        names = [n for n in FLAG_NAMES if getattr(self, n)]
+        names += [f"{n}={getattr(self, n):g}" for n in VALUE_NAMES if getattr(self, n) > 0]
+        return names
+
+    @property
+    def reuses_cache(self) -> bool:
+        """True when requests may run on a KV cache left over from an earlier pass."""
+        return self.broadcast or self.drift or self.warmup_pollution
+
+
+def parse_faults(spec: str | None) -> Faults:
+    """Parse `name,name,slow_start=SECONDS`; empty or None means no faults."""
+    flags: dict[str, bool | float] = {}
+    for raw in (spec or "").split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if name in FLAG_NAMES:
+            if sep:
+                raise FaultSpecError(f"fault '{name}' takes no value (got '{item}')")
+            flags[name] = True
+        elif name in VALUE_NAMES:
+            try:
+                seconds = float(value)
+            except ValueError:
+                seconds = math.nan
+            if not sep or not math.isfinite(seconds) or seconds < 0:
+                raise FaultSpecError(
+                    f"fault '{name}' needs a number of seconds >= 0, e.g. {name}=2 (got '{item}')"
+                )
+            flags[name] = seconds
+        else:
+            known = ", ".join((*FLAG_NAMES, *(f"{v}=SECONDS" for v in VALUE_NAMES)))
+            raise FaultSpecError(f"unknown fault '{name}' in {ENV_VAR} (known: {known})")
+    return Faults(**flags)  # type: ignore[arg-type]
+
+
+def faults_from_env(env: Mapping[str, str]) -> Faults:
+    return parse_faults(env.get(ENV_VAR))
