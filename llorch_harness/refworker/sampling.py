@@ -25,6 +25,9 @@ def apply_repetition_penalty(logits: np.ndarray, seen: Iterable[int], penalty: f
     idx = np.fromiter(set(seen), dtype=np.int64)
     if idx.size == 0:
         return logits
+    # The contract allows 0.0; candle would divide by zero. A tiny floor keeps the
+    # logits finite (no inf/NaN warnings in the worker's log) with the same ranking.
+    penalty = max(penalty, 1e-6)
     out = logits.copy()
     sel = out[idx]
     out[idx] = np.where(sel > 0, sel / penalty, sel * penalty)
