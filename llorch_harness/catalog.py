@@ -261,10 +261,12 @@ def register_model(
 ) -> ModelEntry:
     validate_model_id(model_id)
     validate_repo_id(repo)
-    chosen = backends or list(VALID_BACKENDS)
+    chosen = list(dict.fromkeys(backends or VALID_BACKENDS))  # "cpu,cpu" stores cpu once
     bad = [b for b in chosen if b not in VALID_BACKENDS]
     if bad:
-        raise HarnessError(f"unknown backend {bad[0]!r}", f"choose from {', '.join(VALID_BACKENDS)}", 2)
+        raise HarnessError(
+            f"unknown backend {bad[0]!r}", f"choose from {', '.join(VALID_BACKENDS)}", 2,
+        )
     entry = ModelEntry(
         id=model_id, name=name, path=f".test-models/{model_id}", architecture=architecture,
         backends=chosen, metadata={"repo": repo},
@@ -289,6 +291,8 @@ def unregister_model(paths: PoolPaths, model_id: str) -> None:
 
     def change(catalog: Catalog) -> None:
         if not catalog.remove(model_id):
-            raise HarnessError(f"model {model_id!r} is not in the catalog", known_ids_hint(catalog), 2)
+            raise HarnessError(
+                f"model {model_id!r} is not in the catalog", known_ids_hint(catalog), 2,
+            )
 
     update_catalog(paths, change)

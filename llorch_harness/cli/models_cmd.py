@@ -6,6 +6,7 @@ import argparse
 import json
 
 from .. import catalog as cat
+from ..progress import format_gb
 from .common import add_pool_root, pool_paths, require_subcommand
 
 
@@ -74,7 +75,7 @@ def format_catalog_table(catalog: cat.Catalog) -> str:
     ]
     for m in catalog.models:
         state = "✅" if m.downloaded else "❌"
-        size = f"{m.size_gb:.1f} GB" if m.downloaded else "-"
+        size = format_gb(m.size_gb) if m.downloaded else "-"
         lines.append(f"{m.id:<15} {m.name[:30]:<30} {state:<12} {size:<10} {', '.join(m.backends)}")
     if not catalog.models:
         lines.append("(no models registered: llorch-pool models download ID registers known ones)")
@@ -84,7 +85,10 @@ def format_catalog_table(catalog: cat.Catalog) -> str:
 
 def cmd_catalog(args: argparse.Namespace) -> int:
     catalog = cat.read_catalog(pool_paths(args))
-    print(catalog.dumps() if args.json else format_catalog_table(catalog), end="\n" if not args.json else "")
+    if args.json:
+        print(catalog.dumps(), end="")
+    else:
+        print(format_catalog_table(catalog))
     return 0
 
 
@@ -109,7 +113,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"{'ID':<15} {'Repo':<40} {'Registered':<11} {'Downloaded'}")
     for r in rows:
         reg = "yes" if r["registered"] else "no"
-        dl = f"yes ({r['size_gb']:.2f} GB)" if r["downloaded"] else "no"
+        dl = f"yes ({format_gb(r['size_gb'])})" if r["downloaded"] else "no"
         print(f"{r['id']:<15} {r['repo']:<40} {reg:<11} {dl}")
     return 0
 
