@@ -39,19 +39,6 @@ BACKEND_MARKERS = labs.BACKEND_NAMES
 _STATE_KEY = pytest.StashKey["GateState"]()
 _VERDICT_KEY = pytest.StashKey[labs.ItemVerdict]()
 
-# markers.ini's content, used when neither the rootdir nor the package holds the file
-_DEFAULT_MARKERS = (
-    "cpu: runs on the CPU backend (llorch-cpu-candled, or the reference worker in the embedded "
-    "lab)",
-    "cuda: needs an NVIDIA GPU and llorch-cuda-candled; skipped with a reason when absent",
-    "metal: needs Apple Silicon (Metal) and llorch-metal-candled; skipped with a reason when "
-    "absent",
-    "gate(section, item): this test is the executable form of one CP3 gate checklist item",
-    "remote: drives a pool over SSH; skipped with a reason unless pool hosts are configured",
-    "slow: takes more than a few seconds (real models, many requests)",
-)
-
-
 class GateState:
     """Per-run state on this process: the collector (controller), times, the old handler."""
 
@@ -70,7 +57,10 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 
 
 def marker_lines(rootdir: Path) -> list[str]:
-    """`name: description` lines from markers.ini next to the rootdir, else the packaged copy."""
+    """`name: description` lines from markers.ini next to the rootdir, else the packaged one.
+
+    The repository's markers.ini is a link to the packaged file, so there is one source.
+    """
     for candidate in (rootdir / "markers.ini", Path(__file__).with_name("markers.ini")):
         try:
             text = candidate.read_text(encoding="utf-8")
@@ -80,7 +70,7 @@ def marker_lines(rootdir: Path) -> list[str]:
         found = [ln for ln in lines if ln and not ln.startswith(("#", ";", "[")) and ":" in ln]
         if found:
             return found
-    return list(_DEFAULT_MARKERS)
+    raise pytest.UsageError("llorch-harness: markers.ini not found (reinstall llorch-harness)")
 
 
 # --------------------------------------------------------------------------- options
