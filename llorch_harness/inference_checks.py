@@ -1,0 +1,435 @@
+"""The CP3 gate's inference checks (a)-(g) as plain functions on a live worker.
+
+They know nothing of pytest so that the gate tests, the CLI and the fault suite
+can share them. Each returns a `CheckOutcome` whose message says what was
+expected, what came and where to look, whose `details` carry the token streams
+and figures a report shows, and whose `results` hold every stream the check
+made, so that (e) contract and (f) error-pattern checks can cover all of them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llorch_harness.errors import HarnessError
+from llorch_harness.errorscan import (
+    PATTERNS,
+    PATTERNS_VERSION,
+    ErrorMatch,
+    ErrorPattern,
+    format_matches,
+    scan_log,
+    scan_stream,
+)
+from llorch_harness.golden import (
+    Golden,
+    GoldenPrompt,
+    compare_tokens,
+    golden_backends,
+    golden_path,
+    load_golden,
+    save_golden,
+)
+from llorch_harness.streamcheck import check_stream, is_success
+from llorch_harness.workerclient import ExecuteRequest, StreamResult, execute
+
+GATE_MAX_TOKENS = 20  # what the CP3 plan's curl commands ask for
+GATE_PROMPTS: dict[str, str] = {
+    "cp3": "Hello, how are you?",  # the CP3 plan's prompt
+    "long": (
+        "Please write a short and friendly paragraph for a new colleague who has just joined "
+        "our small team. Explain that we build software that runs language models on our own "
+        "computers, that every change is tested carefully on several different machines before "
+        "it ships, and that questions are always welcome. Mention that we share lunch on "
+        "Fridays, and end the paragraph with a warm greeting."
+    ),
+    "short": "Hi",
+}
+SAMPLING_TEMPERATURE = 0.7
+SAMPLING_SEED = 42
+DIFFERENT_SEEDS = (1, 2, 3)
+_MAX_QUOTED = 20
+
+
+@dataclass
+class CheckOutcome:
+    ok: bool
+    message: str
+    details: dict = field(default_factory=dict)
+    results: list[StreamResult] = field(default_factory=list)  # every stream the check made
+    skipped: bool = False  # could not be decided (e.g. no golden yet); ok is False then too
+
+
+def _job_id(tag: str) -> str:
+    return f"gate-{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def run_request(uri: str, prompt: str, max_tokens: int, tag: str, *,
+                temperature: float = 0.0, seed: int = SAMPLING_SEED,
+                **execute_kw: Any) -> StreamResult:
+    """One /execute with a fresh, recognisable job id (`gate-<tag>-<hex>`)."""
+    req = ExecuteRequest(job_id=_job_id(tag), prompt=prompt, max_tokens=max_tokens,
+                         temperature=temperature, seed=seed)
+    return execute(uri, req, **execute_kw)
+
+
+def run_prompts(uri: str, prompts: Mapping[str, str] = GATE_PROMPTS,
+                max_tokens: int = GATE_MAX_TOKENS, **execute_kw: Any) -> dict[str, StreamResult]:
+    """Greedy run of each named prompt: the input of (d) and (g)."""
+    return {name: run_request(uri, p, max_tokens, f"prompt-{name}", **execute_kw)
+            for name, p in prompts.items()}
+
+
+def _where(res: StreamResult) -> str:
+    return (f"look at the worker log for job_id {res.job_id!r} "
+            f"(correlation id {res.correlation_id or res.request_correlation_id!r})")
+
+
+def stream_failure(res: StreamResult) -> str | None:
+    """Why a stream is not a successful generation, in one paragraph; None if it is."""
+    if is_success(res):
+        return None
+    err = res.error_event
+    if err is not None:
+        return (f"expected a generation ending in `end`, got error event "
+                f"{err.get('code')}: {err.get('message')!r}; {_where(res)}")
+    violations = check_stream(res)
+    if violations:
+        shown = "; ".join(violations[:5])
+        more = f" (and {len(violations) - 5} more)" if len(violations) > 5 else ""
+        return f"the stream breaks the contract: {shown}{more}; {_where(res)}"
+    term = res.terminal
+    return f"expected a terminal `end` event, got {term!r}; {_where(res)}"
+
+
+def _streams(results: Iterable[StreamResult]) -> list[dict]:
+    return [r.summary() for r in results]
+
+
+def _first_failure(results: Sequence[StreamResult], labels: Sequence[str]) -> str | None:
+    for res, label in zip(results, labels, strict=True):
+        why = stream_failure(res)
+        if why is not None:
+            return f"{label} failed: {why}"
+    return None
+
+
+# -- (a) ---------------------------------------------------------------------------------------
+
+def check_greedy_repeat(uri: str, prompt: str, max_tokens: int, times: int = 3,
+                        **execute_kw: Any) -> CheckOutcome:
+    """(a) The same greedy request `times` times gives identical tokens."""
+    if times < 2:
+        raise ValueError("times must be at least 2 to compare anything")
+    results = [run_request(uri, prompt, max_tokens, f"greedy{i + 1}", **execute_kw)
+               for i in range(times)]
+    details: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens,
+                               "token_streams": [r.tokens for r in results],
+                               "tokens_per_sec": [r.tokens_per_sec for r in results],
+                               "streams": _streams(results)}
+    labels = [f"greedy request {i + 1} of {times}" for i in range(times)]
+    fail = _first_failure(results, labels)
+    if fail:
+        return CheckOutcome(False, fail, details, results)
+    for i, res in enumerate(results[1:], 2):
+        cmp = compare_tokens(results[0].tokens, res.tokens)
+        if not cmp.equal:
+            details["comparison"] = cmp.describe()
+            return CheckOutcome(
+                False,
+                f"greedy request {i} of {times} (temperature 0, seed {SAMPLING_SEED}) gave other "
+                f"tokens than request 1: {cmp.describe()}. Expected identical tokens; a KV cache "
+                f"not reset between requests does this (the contract's broadcasting bug). "
+                f"{_where(res)}",
+                details, results)
+    return CheckOutcome(True, f"{times} greedy requests gave identical tokens "
+                              f"({len(results[0].tokens)} tokens)", details, results)
+
+
+# -- (b) ---------------------------------------------------------------------------------------
+
+def check_interleaved_lengths(uri: str, short: str, long: str, max_tokens: int,
+                              **execute_kw: Any) -> CheckOutcome:
+    """(b) short, long, short: no error event, no contract break, short tokens identical."""
+    if len(long) <= len(short):
+        raise ValueError("the long prompt must be longer than the short one")
+    results = [run_request(uri, p, max_tokens, tag, **execute_kw)
+               for p, tag in ((short, "short1"), (long, "long"), (short, "short2"))]
+    labels = ["the first short-prompt request", "the long-prompt request (after a short one)",
+              "the second short-prompt request (after a long one)"]
+    details: dict[str, Any] = {"prompts": [short, long, short], "max_tokens": max_tokens,
+                               "token_streams": [r.tokens for r in results],
+                               "tokens_per_sec": [r.tokens_per_sec for r in results],
+                               "streams": _streams(results)}
+    fail = _first_failure(results, labels)
+    if fail:
+        return CheckOutcome(False, fail + " Prompts of different lengths on one worker must not "
+                                          "fail (the broadcasting bug).", details, results)
+    cmp = compare_tokens(results[0].tokens, results[2].tokens)
+    details["comparison"] = cmp.describe()
+    if not cmp.equal:
+        return CheckOutcome(
+            False,
+            f"the short prompt gave other tokens after a long prompt: {cmp.describe()}. Expected "
+            f"identical greedy tokens; state from the long prompt leaked into the next request "
+            f"(KV cache not reset). {_where(results[2])}",
+            details, results)
+    return CheckOutcome(True, "short, long, short: no errors, short-prompt tokens identical",
+                        details, results)
+
+
+# -- (c) ---------------------------------------------------------------------------------------
+
+def check_seeded_sampling(uri: str, prompt: str, max_tokens: int,
+                          seeds: Sequence[int] = DIFFERENT_SEEDS,
+                          temperature: float = SAMPLING_TEMPERATURE,
+                          **execute_kw: Any) -> CheckOutcome:
+    """(c) the same seed twice gives the same tokens; different seeds are not all the same."""
+    if len(set(seeds)) < 2 or SAMPLING_SEED in seeds:
+        raise ValueError(f"need at least two distinct seeds other than {SAMPLING_SEED}")
+    same = [run_request(uri, prompt, max_tokens, f"seed{SAMPLING_SEED}-{i + 1}",
+                        temperature=temperature, seed=SAMPLING_SEED, **execute_kw)
+            for i in range(2)]
+    other = [run_request(uri, prompt, max_tokens, f"seed{s}", temperature=temperature, seed=s,
+                         **execute_kw) for s in seeds]
+    results = same + other
+    labels = ([f"sampled request {i + 1} with seed {SAMPLING_SEED}" for i in range(2)]
+              + [f"sampled request with seed {s}" for s in seeds])
+    details: dict[str, Any] = {
+        "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
+        "seeds": [SAMPLING_SEED, SAMPLING_SEED, *seeds],
+        "token_streams": [r.tokens for r in results],
+        "tokens_per_sec": [r.tokens_per_sec for r in results],
+        "streams": _streams(results)}
+    fail = _first_failure(results, labels)
+    if fail:
+        return CheckOutcome(False, fail, details, results)
+    cmp = compare_tokens(same[0].tokens, same[1].tokens)
+    details["same_seed_comparison"] = cmp.describe()
+    if not cmp.equal:
+        return CheckOutcome(
+            False,
+            f"seed {SAMPLING_SEED} at temperature {temperature} twice gave different tokens: "
+            f"{cmp.describe()}. Expected identical tokens for the same seed; the sampler is not "
+            f"seeded from the request (or state leaks between requests). {_where(same[1])}",
+            details, results)
+    streams = [r.tokens for r in other]
+    if all(s == streams[0] for s in streams):
+        return CheckOutcome(
+            False,
+            f"{len(seeds)} different seeds {list(seeds)} at temperature {temperature} all gave "
+            f"the same {len(streams[0])} tokens {streams[0]!r}. Expected at least two to differ; "
+            f"the seed or the temperature is ignored (greedy decoding?). {_where(other[-1])}",
+            details, results)
+    return CheckOutcome(True, f"seed {SAMPLING_SEED} reproducible; seeds {list(seeds)} differ",
+                        details, results)
+
+
+# -- (d) ---------------------------------------------------------------------------------------
+
+def check_restart_stable(before: list[str], after: list[str]) -> CheckOutcome:
+    """(d) greedy tokens after stopping and respawning the worker equal those from before."""
+    cmp = compare_tokens(before, after)
+    details = {"token_streams": [before, after], "comparison": cmp.describe()}
+    if not cmp.equal:
+        return CheckOutcome(
+            False,
+            f"greedy tokens after a worker restart differ from before it: {cmp.describe()}. "
+            f"Expected identical tokens; look for state that survives a restart or is not "
+            f"deterministic (uninitialised memory, warm-up pollution, nondeterministic kernels) "
+            f"and at the worker logs of both runs.",
+            details)
+    return CheckOutcome(True, f"greedy tokens identical across a restart ({len(before)} tokens)",
+                        details)
+
+
+# -- (e) ---------------------------------------------------------------------------------------
+
+def check_contract(results: Iterable[StreamResult], max_tokens: int | None = None) -> CheckOutcome:
+    """(e) every stream obeys the contract; `max_tokens=None` uses each request's own."""
+    results = list(results)
+    per_job: dict[str, list[str]] = {}
+    for n, res in enumerate(results, 1):
+        violations = check_stream(res, max_tokens=max_tokens)
+        if violations:
+            per_job[res.job_id or f"stream {n}"] = violations
+    details = {"streams_checked": len(results), "violations": per_job}
+    if not results:
+        return CheckOutcome(False, "no streams to check: expected the streams of the other "
+                                   "inference checks", details)
+    if per_job:
+        lines = [v for vs in per_job.values() for v in vs]
+        shown = "\n".join(lines[:_MAX_QUOTED])
+        more = f"\n(and {len(lines) - _MAX_QUOTED} more)" if len(lines) > _MAX_QUOTED else ""
+        return CheckOutcome(
+            False,
+            f"{len(per_job)} of {len(results)} streams break the worker contract "
+            f"(llorch-candled.md, HTTP section):\n{shown}{more}",
+            details, results)
+    return CheckOutcome(True, f"all {len(results)} streams obey the contract", details, results)
+
+
+# -- (f) ---------------------------------------------------------------------------------------
+
+def _match_json(m: ErrorMatch) -> dict[str, Any]:
+    return {"pattern": m.pattern.name, "source": m.source, "line_no": m.line_no, "line": m.line}
+
+
+def check_no_error_patterns(log_path: Path | None, log_offset: int,
+                            results: Iterable[StreamResult],
+                            patterns: Sequence[ErrorPattern] = PATTERNS) -> CheckOutcome:
+    """(f) no known error pattern in the worker log (since `log_offset`) or in any stream."""
+    results = list(results)
+    matches: list[ErrorMatch] = []
+    notes: list[str] = []
+    if log_path is None:
+        notes.append("no worker log given: only the streams were scanned")
+    else:
+        try:
+            matches += scan_log(Path(log_path), log_offset, patterns)
+        except OSError as exc:
+            return CheckOutcome(
+                False, f"cannot read the worker log {log_path}: {exc}; expected a readable log "
+                       f"to scan for error patterns", {"log_path": str(log_path)}, results)
+    for res in results:
+        matches += scan_stream(res, patterns)
+    details: dict[str, Any] = {"patterns_version": PATTERNS_VERSION,
+                               "log_path": None if log_path is None else str(log_path),
+                               "log_offset": log_offset, "streams_scanned": len(results),
+                               "matches": [_match_json(m) for m in matches], "notes": notes}
+    if matches:
+        shown = format_matches(matches[:_MAX_QUOTED])
+        more = (f"\n(and {len(matches) - _MAX_QUOTED} more matches)"
+                if len(matches) > _MAX_QUOTED else "")
+        return CheckOutcome(
+            False,
+            f"expected no known error patterns, found {len(matches)} "
+            f"(patterns version {PATTERNS_VERSION}):\n{shown}{more}",
+            details, results)
+    scanned = "the worker log and " if log_path is not None else ""
+    return CheckOutcome(True, f"no error patterns in {scanned}{len(results)} streams "
+                              f"(patterns version {PATTERNS_VERSION})", details, results)
+
+
+# -- (g) ---------------------------------------------------------------------------------------
+
+def _golden_from(model_id: str, backend: str, prompts_results: Mapping[str, StreamResult],
+                 worker_binary_sha256: str | None) -> Golden:
+    prompts = {}
+    for name, res in prompts_results.items():
+        req = res.request_json or {}
+        prompts[name] = GoldenPrompt(str(req.get("prompt", "")), int(req.get("max_tokens", 0)),
+                                     list(res.tokens), res.text)
+    return Golden(model_id=model_id, backend=backend, prompts=prompts,
+                  worker_binary_sha256=worker_binary_sha256)
+
+
+def _cross_backend(golden_dir: Path, model_id: str, backend: str,
+                   current: Golden, min_common_prefix: int) -> tuple[dict, list[str]]:
+    table: dict[str, dict[str, int]] = {}
+    problems: list[str] = []
+    for other in golden_backends(golden_dir, model_id):
+        if other == backend:
+            continue
+        theirs = load_golden(golden_dir, model_id, other)
+        if theirs is None:
+            continue
+        for name, mine in sorted(current.prompts.items()):
+            gp = theirs.prompts.get(name)
+            if gp is None or (gp.prompt, gp.max_tokens) != (mine.prompt, mine.max_tokens):
+                continue
+            cmp = compare_tokens(gp.token_texts, mine.token_texts)
+            table.setdefault(other, {})[name] = cmp.common_prefix
+            need = min(min_common_prefix, len(gp.token_texts), len(mine.token_texts))
+            if cmp.common_prefix < need:
+                problems.append(
+                    f"{backend} vs {other} golden on prompt {name!r}: common prefix "
+                    f"{cmp.common_prefix} tokens, expected at least {need} "
+                    f"(min_common_prefix={min_common_prefix}); {cmp.describe()}")
+    return table, problems
+
+
+def check_golden(golden_dir: Path, model_id: str, backend: str,
+                 prompts_results: Mapping[str, StreamResult], update: bool,
+                 min_common_prefix: int, worker_binary_sha256: str | None = None) -> CheckOutcome:
+    """(g) tokens equal the recorded golden of this model and backend (or record it).
+
+    Across backends only a common prefix of `min_common_prefix` tokens is required
+    (CPU and GPU arithmetic may diverge later); the prefixes go into `details`.
+    """
+    results = list(prompts_results.values())
+    try:
+        path = golden_path(Path(golden_dir), model_id, backend)
+    except HarnessError as exc:
+        return CheckOutcome(False, exc.one_line(), {}, results)
+    details: dict[str, Any] = {"golden_path": str(path), "update": update,
+                               "token_streams": {n: r.tokens for n, r in prompts_results.items()}}
+    broken = [f"prompt {n!r}: {why}" for n, r in prompts_results.items()
+              if (why := stream_failure(r)) is not None]
+    if broken:
+        return CheckOutcome(False, "cannot compare or record golden outputs from failed "
+                                   "requests: " + "; ".join(broken), details, results)
+    current = _golden_from(model_id, backend, prompts_results, worker_binary_sha256)
+    try:
+        if update:
+            save_golden(Path(golden_dir), current)
+            verdict_ok = True
+            message = f"recorded golden outputs for {len(current.prompts)} prompts at {path}"
+        else:
+            golden = load_golden(Path(golden_dir), model_id, backend)
+            if golden is None:
+                return CheckOutcome(False, f"no golden outputs for {model_id} on {backend} at "
+                                           f"{path}; record them with --update-golden",
+                                    details, results, skipped=True)
+            verdict_ok, message = _compare_golden(golden, current, path, details)
+        table, problems = _cross_backend(Path(golden_dir), model_id, backend, current,
+                                         min_common_prefix)
+    except HarnessError as exc:
+        return CheckOutcome(False, exc.one_line(), details, results)
+    details["cross_backend_prefixes"] = table
+    details["min_common_prefix"] = min_common_prefix
+    if problems:
+        verdict_ok = False
+        message = f"{message}. Across backends: " + "; ".join(problems)
+    return CheckOutcome(verdict_ok, message, details, results)
+
+
+def _compare_golden(golden: Golden, current: Golden, path: Path,
+                    details: dict[str, Any]) -> tuple[bool, str]:
+    problems: list[str] = []
+    comparisons: dict[str, str] = {}
+    for name in sorted(set(golden.prompts) | set(current.prompts)):
+        exp, got = golden.prompts.get(name), current.prompts.get(name)
+        if got is None:
+            problems.append(f"golden prompt {name!r} was not run")
+            continue
+        if exp is None:
+            problems.append(f"prompt {name!r} has no golden output in {path}")
+            continue
+        if (exp.prompt, exp.max_tokens) != (got.prompt, got.max_tokens):
+            problems.append(f"prompt {name!r}: golden recorded for prompt {exp.prompt!r} with "
+                            f"max_tokens={exp.max_tokens}, this run used {got.prompt!r} with "
+                            f"max_tokens={got.max_tokens}")
+            continue
+        cmp = compare_tokens(exp.token_texts, got.token_texts)
+        comparisons[name] = cmp.describe()
+        if not cmp.equal:
+            problems.append(f"prompt {name!r}: {cmp.describe()}")
+    details["comparisons"] = comparisons
+    details["golden_recorded_at"] = golden.recorded_at
+    details["golden_worker_binary_sha256"] = golden.worker_binary_sha256
+    if not problems:
+        return True, f"tokens equal the golden outputs ({len(comparisons)} prompts, {path})"
+    binary = ""
+    if (golden.worker_binary_sha256 and current.worker_binary_sha256
+            and golden.worker_binary_sha256 != current.worker_binary_sha256):
+        binary = (f" The golden was recorded with worker binary sha256 "
+                  f"{golden.worker_binary_sha256[:12]}..., this run's is "
+                  f"{current.worker_binary_sha256[:12]}...")
+    return False, (f"expected the golden outputs of {path} (recorded {golden.recorded_at}), got: "
+                   + "; ".join(problems) + "." + binary
+                   + " If the change is intended, re-record with --update-golden.")

@@ -1,0 +1,147 @@
+"""Error patterns: each known failure line is caught, ordinary lines are not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llorch_harness.errorscan import (
+    PATTERNS,
+    PATTERNS_VERSION,
+    format_matches,
+    scan_log,
+    scan_stream,
+    scan_text,
+)
+from llorch_harness.workerclient import ExecuteRequest, execute
+from tests.sse_servers import BROADCAST_MESSAGE, StubWorker, sse_server
+
+
+def _names(text: str) -> set[str]:
+    return {m.pattern.name for m in scan_text(text, "t")}
+
+
+@pytest.mark.parametrize(
+    ("line", "name"),
+    [
+        ("Error: cannot broadcast [5, 5] to [1, 14, 5, 10]", "candle_broadcast"),
+        ("shape mismatch in broadcast_add, lhs: [1, 14, 5, 10], rhs: [1, 1, 5, 5]",
+         "candle_shape_mismatch"),
+        ("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")", "candle_driver_error"),
+        ("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")", "cuda_error_code"),
+        ("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")", "out_of_memory"),
+        ("unexpected rank, expected: 4, got: 3 ([1, 5, 896])", "candle_unexpected_rank"),
+        ("dtype mismatch in matmul, lhs: F16, rhs: F32", "candle_dtype_mismatch"),
+        ("thread 'main' panicked at src/main.rs:42:5:", "rust_panic"),
+        ("thread '<unnamed>' panicked at candle-core/src/tensor.rs:1:1:", "rust_panic"),
+        ("note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+         "rust_backtrace"),
+        ("stack backtrace:", "rust_backtrace"),
+        ("CUDA error: an illegal memory access was encountered", "cuda_error"),
+        ("cudaErrorLaunchFailure", "cuda_runtime_error"),
+        ("MTLCommandBufferError: Caused GPU Timeout Error", "metal_command_buffer"),
+        ("Metal error: Could not allocate buffer", "metal_error"),
+        ("Failed to create Metal device", "metal_device"),
+        ('{"level":"WARN","fields":{"message":"NaN detected in logits"}}', "nan_word"),
+        ("logits contain nan at position 3", "nan_logits"),
+        ("nan in logits", "nan_logits"),
+        ("logits contain -inf everywhere", "inf_logits"),
+        ("probabilities are inf", "inf_logits"),
+        ('{"type":"error","code":"INFERENCE_FAILED","message":"x"}', "inference_failed"),
+        ("VRAM_OOM: need 2GB", "vram_oom"),
+        ('{"level":"WARN","fields":{"message":"Inference failed","job_id":"j","error":"x"}}',
+         "log_warn_with_error"),
+        ('{"level":"ERROR","fields":{"message":"boom"}}', "log_level_error"),
+    ],
+)
+def test_pattern_catches(line: str, name: str) -> None:
+    assert name in _names(line)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"timestamp":"2026-11-28T12:00:00Z","level":"INFO","fields":{"message":'
+        '"Model loaded successfully","vram_bytes":0}}',
+        '{"level":"INFO","fields":{"message":"Inference completed","job_id":"j","tokens_out":20}}',
+        '{"level":"WARN","fields":{"message":"slow request","elapsed_ms":900}}',
+        "Financial nancy information about infrastructure and infinite loops",
+        "temperature: 0.7, top_p: 1.0, seed: 42, RUST_LOG=info",
+        "binding 0.0.0.0:8080, broadcast address unchanged",
+        "the nan of it; a grandmother (nan) said hi; inf is short for information",
+        "mask filled with -inf for padded positions",
+    ],
+)
+def test_ordinary_lines_do_not_match(line: str) -> None:
+    assert _names(line) == set()
+
+
+def test_versioned_and_named() -> None:
+    assert PATTERNS_VERSION == "2026-11-28.1"
+    names = [p.name for p in PATTERNS]
+    assert len(names) == len(set(names))
+    assert all(p.description and p.source_hint for p in PATTERNS)
+
+
+def test_scan_text_line_numbers_and_truncation() -> None:
+    long = "x" * 1000 + " cannot broadcast [1] to [2]"
+    matches = scan_text("ok\nthread 'main' panicked at a.rs:1:1:\n" + long, "stderr")
+    assert [(m.pattern.name, m.line_no) for m in matches] == [("rust_panic", 2),
+                                                              ("candle_broadcast", 3)]
+    assert matches[0].source == "stderr"
+    assert len(matches[1].line) <= 503
+
+
+def test_scan_log_from_offset_non_utf8(tmp_path) -> None:
+    log = tmp_path / "worker.log"
+    log.write_bytes(b"thread 'main' panicked at old.rs:1:1:\nINFO ok\n")
+    offset = log.stat().st_size
+    with open(log, "ab") as fh:
+        fh.write(b"\xff\xfe garbage \x80\n")
+        fh.write(b'{"level":"WARN","fields":{"job_id":"j","error":"' + BROADCAST_MESSAGE.encode()
+                 + b'"}}\n')
+    matches = scan_log(log, offset)
+    assert {m.pattern.name for m in matches} == {"candle_broadcast", "log_warn_with_error"}
+    assert all(m.line_no == 4 for m in matches)
+    assert all(m.source == str(log) for m in matches)
+    # from the start, the old panic is found too
+    assert "rust_panic" in {m.pattern.name for m in scan_log(log)}
+    # a log that shrank below the offset is scanned from its start
+    log.write_bytes(b"CUDA_ERROR_LAUNCH_FAILED\n")
+    assert [m.pattern.name for m in scan_log(log, offset)] == ["cuda_error_code"]
+
+
+def test_scan_stream_live_broadcast_error() -> None:
+    with sse_server("broadcast_error") as srv:
+        res = execute(srv.url, ExecuteRequest(job_id="j-7", prompt="p", max_tokens=3))
+    matches = scan_stream(res)
+    names = {m.pattern.name for m in matches}
+    assert {"candle_broadcast", "inference_failed"} <= names
+    text = format_matches(matches)
+    assert "stream job=j-7 error event:1" in text
+    assert BROADCAST_MESSAGE in text
+    assert PATTERNS_VERSION in text
+
+
+def test_scan_stream_clean_and_generated_text(tmp_path) -> None:
+    with StubWorker() as w:
+        res = execute(w.url, ExecuteRequest(job_id="j", prompt="p", max_tokens=5))
+    assert scan_stream(res) == []
+    # prose that merely mentions memory or NaN is not an error; a leaked candle error is
+    res.events[1]["t"] = "I ran out of memory, NaN"
+    assert scan_stream(res) == []
+    res.events[1]["t"] = "cannot broadcast [5, 5] to [1, 14, 5, 10]"
+    assert [m.pattern.name for m in scan_stream(res)] == ["candle_broadcast"]
+
+
+def test_scan_stream_protocol_problem_and_body() -> None:
+    with sse_server("invalid_json") as srv:
+        res = execute(srv.url, ExecuteRequest(job_id="j", prompt="p", max_tokens=3))
+    assert scan_stream(res) == []
+    res.body_text = json.dumps({"errors": [{"message": "VRAM_OOM"}]})
+    assert [m.pattern.name for m in scan_stream(res)] == ["vram_oom"]
+
+
+def test_format_matches_empty() -> None:
+    assert format_matches([]) == ""

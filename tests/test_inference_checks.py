@@ -1,0 +1,415 @@
+"""The inference checks (a)-(g): each fails on the matching broken worker and passes on a good one.
+
+A stub worker (tests/sse_servers.py) gives exact control over each fault; the
+reference worker, run as a real process on the tiny model, proves the checks
+pass on a healthy contract worker and fail on its fault switches.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from llorch_harness.golden import Golden, GoldenPrompt, load_golden, save_golden
+from llorch_harness.inference_checks import (
+    GATE_MAX_TOKENS,
+    GATE_PROMPTS,
+    check_contract,
+    check_golden,
+    check_greedy_repeat,
+    check_interleaved_lengths,
+    check_no_error_patterns,
+    check_restart_stable,
+    check_seeded_sampling,
+    run_prompts,
+)
+from llorch_harness.workerclient import health
+from tests.sse_servers import BROADCAST_MESSAGE, StubWorker, sse_server
+
+MT = 6
+P_SHORT, P_LONG, P_CP3 = GATE_PROMPTS["short"], GATE_PROMPTS["long"], GATE_PROMPTS["cp3"]
+
+
+def test_gate_constants() -> None:
+    assert GATE_MAX_TOKENS == 20
+    assert GATE_PROMPTS["cp3"] == "Hello, how are you?"
+    assert GATE_PROMPTS["short"] == "Hi"
+    assert 50 <= len(GATE_PROMPTS["long"].split()) <= 75
+
+
+# -- (a) -----------------------------------------------------------------------------------------
+
+def test_greedy_repeat_passes_on_good_worker() -> None:
+    with StubWorker() as w:
+        out = check_greedy_repeat(w.url, P_CP3, MT)
+    assert out.ok, out.message
+    assert len(out.results) == 3 and len(set(map(tuple, out.details["token_streams"]))) == 1
+    assert out.details["tokens_per_sec"] == [42.5, 42.5, 42.5]
+
+
+def test_greedy_repeat_fails_on_drift() -> None:
+    with StubWorker({"drift"}) as w:
+        out = check_greedy_repeat(w.url, P_CP3, MT)
+    assert not out.ok
+    assert "greedy request 2 of 3" in out.message and "differs at token" in out.message
+    assert "job_id 'gate-greedy2-" in out.message
+
+
+def test_greedy_repeat_fails_on_stalled_worker_within_deadline() -> None:
+    t0 = time.monotonic()
+    with sse_server("stall_after_token") as srv:
+        out = check_greedy_repeat(srv.url, P_CP3, MT, times=2, first_event_timeout=5,
+                                  event_timeout=1)
+    assert time.monotonic() - t0 < 20
+    assert not out.ok
+    assert "greedy request 1 of 2 failed" in out.message and "event_timeout=1 s" in out.message
+
+
+# -- (b) -----------------------------------------------------------------------------------------
+
+def test_interleaved_passes_on_good_worker() -> None:
+    with StubWorker() as w:
+        out = check_interleaved_lengths(w.url, P_SHORT, P_LONG, MT)
+    assert out.ok, out.message
+    assert out.details["token_streams"][0] == out.details["token_streams"][2]
+
+
+def test_interleaved_fails_on_broadcast_error() -> None:
+    with StubWorker({"broadcast"}) as w:
+        out = check_interleaved_lengths(w.url, P_SHORT, P_LONG, MT)
+    assert not out.ok
+    assert "the long-prompt request (after a short one) failed" in out.message
+    assert BROADCAST_MESSAGE in out.message and "INFERENCE_FAILED" in out.message
+
+
+def test_interleaved_fails_on_drift() -> None:
+    with StubWorker({"drift"}) as w:
+        out = check_interleaved_lengths(w.url, P_SHORT, P_LONG, MT)
+    assert not out.ok
+    assert "short prompt gave other tokens after a long prompt" in out.message
+
+
+def test_interleaved_refuses_swapped_prompts() -> None:
+    with pytest.raises(ValueError):
+        check_interleaved_lengths("http://127.0.0.1:9", P_LONG, P_SHORT, MT)
+
+
+# -- (c) -----------------------------------------------------------------------------------------
+
+def test_seeded_sampling_passes_on_good_worker() -> None:
+    with StubWorker() as w:
+        out = check_seeded_sampling(w.url, P_CP3, MT)
+    assert out.ok, out.message
+    assert out.details["seeds"] == [42, 42, 1, 2, 3]
+    assert len(out.results) == 5
+    sent = [r.request_json for r in out.results]
+    assert all(b["temperature"] == 0.7 for b in sent)
+
+
+def test_seeded_sampling_fails_when_seed_ignored() -> None:
+    with StubWorker({"seed_ignored"}) as w:
+        out = check_seeded_sampling(w.url, P_CP3, MT)
+    assert not out.ok
+    assert "different seeds [1, 2, 3] at temperature 0.7 all gave the same" in out.message
+
+
+def test_seeded_sampling_fails_when_not_reproducible() -> None:
+    with StubWorker({"sampling_random"}) as w:
+        out = check_seeded_sampling(w.url, P_CP3, MT)
+    assert not out.ok
+    assert "seed 42 at temperature 0.7 twice gave different tokens" in out.message
+
+
+# -- (d) -----------------------------------------------------------------------------------------
+
+def test_restart_stable() -> None:
+    assert check_restart_stable(["a", "b"], ["a", "b"]).ok
+    out = check_restart_stable(["a", "b", "c"], ["a", "x", "c"])
+    assert not out.ok
+    assert "differs at token 1: expected 'b', got 'x'" in out.message
+    assert "after a worker restart" in out.message
+
+
+# -- (e) -----------------------------------------------------------------------------------------
+
+def test_contract_passes_and_fails() -> None:
+    with StubWorker() as w:
+        good = check_greedy_repeat(w.url, P_CP3, MT).results
+    out = check_contract(good, MT)
+    assert out.ok, out.message
+    with StubWorker({"bad_tokens_out"}) as w:
+        bad = check_greedy_repeat(w.url, P_CP3, MT).results
+    out = check_contract(good + bad, None)
+    assert not out.ok
+    assert "3 of 6 streams break the worker contract" in out.message
+    assert "`end.tokens_out` == number of token events (6), got 7" in out.message
+    assert not check_contract([], MT).ok
+
+
+def test_contract_fails_on_two_terminals_live() -> None:
+    with sse_server("two_terminals") as srv:
+        res = run_prompts(srv.url, {"x": "p"}, max_tokens=2)["x"]
+    out = check_contract([res])
+    assert not out.ok and "exactly one terminal event, got 2" in out.message
+
+
+# -- (f) -----------------------------------------------------------------------------------------
+
+def test_error_patterns_clean(tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    with StubWorker(log_path=log) as w:
+        out_a = check_greedy_repeat(w.url, P_CP3, MT)
+    out = check_no_error_patterns(log, 0, out_a.results)
+    assert out.ok, out.message
+    assert out.details["streams_scanned"] == 3
+
+
+@pytest.mark.parametrize(
+    ("faults", "needle"),
+    [({"panic_log"}, "thread 'tokio-runtime-worker' panicked at"),
+     ({"nan_log"}, "NaN detected in logits")],
+)
+def test_error_patterns_in_log_fail_quoting_line(tmp_path: Path, faults: set[str],
+                                                  needle: str) -> None:
+    log = tmp_path / "w.log"
+    with StubWorker(faults, log_path=log) as w:
+        res = check_greedy_repeat(w.url, P_CP3, MT).results
+    assert check_contract(res).ok  # the streams look fine: only the log tells
+    out = check_no_error_patterns(log, 0, res)
+    assert not out.ok
+    assert needle in out.message and str(log) in out.message
+    assert out.details["matches"]
+
+
+def test_error_patterns_broadcast_in_stream_and_log(tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    with StubWorker({"broadcast"}, log_path=log) as w:
+        res = check_interleaved_lengths(w.url, P_SHORT, P_LONG, MT).results
+    out = check_no_error_patterns(log, 0, res)
+    assert not out.ok
+    sources = {m["source"] for m in out.details["matches"] if m["pattern"] == "candle_broadcast"}
+    assert str(log) in sources
+    assert any(s.startswith("stream job=gate-long-") for s in sources)
+
+
+def test_error_patterns_respects_offset_and_missing_log(tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    log.write_text("thread 'main' panicked at old.rs:1:1:\n")
+    assert check_no_error_patterns(log, log.stat().st_size, []).ok
+    assert not check_no_error_patterns(log, 0, []).ok
+    out = check_no_error_patterns(tmp_path / "missing.log", 0, [])
+    assert not out.ok and "cannot read the worker log" in out.message
+
+
+# -- (g) -----------------------------------------------------------------------------------------
+
+def test_golden_record_compare_and_drift(tmp_path: Path) -> None:
+    gdir = tmp_path / "golden"
+    with StubWorker() as w:
+        first = run_prompts(w.url, max_tokens=MT)
+        second = run_prompts(w.url, max_tokens=MT)
+    missing = check_golden(gdir, "tiny-qwen", "cpu", first, update=False, min_common_prefix=3)
+    assert missing.skipped and not missing.ok and "--update-golden" in missing.message
+    rec = check_golden(gdir, "tiny-qwen", "cpu", first, update=True, min_common_prefix=3,
+                       worker_binary_sha256="cd" * 32)
+    assert rec.ok, rec.message
+    g = load_golden(gdir, "tiny-qwen", "cpu")
+    assert g is not None and set(g.prompts) == set(GATE_PROMPTS)
+    assert g.prompts["cp3"].token_texts == first["cp3"].tokens
+    assert g.prompts["cp3"].max_tokens == MT
+    same = check_golden(gdir, "tiny-qwen", "cpu", second, update=False, min_common_prefix=3)
+    assert same.ok, same.message
+    # a drifted build: one prompt's tokens changed
+    second["short"].events[2]["t"] = " dog"
+    out = check_golden(gdir, "tiny-qwen", "cpu", second, update=False, min_common_prefix=3)
+    assert not out.ok
+    assert "prompt 'short': differs at token 1" in out.message and "got ' dog'" in out.message
+
+
+def test_golden_refuses_failed_streams_and_prompt_changes(tmp_path: Path) -> None:
+    gdir = tmp_path / "golden"
+    with StubWorker({"broadcast"}) as w:
+        res = run_prompts(w.url, max_tokens=MT)
+    out = check_golden(gdir, "tiny-qwen", "cpu", res, update=True, min_common_prefix=0)
+    assert not out.ok and "from failed requests" in out.message
+    assert load_golden(gdir, "tiny-qwen", "cpu") is None  # nothing recorded from a broken run
+    with StubWorker() as w:
+        res = run_prompts(w.url, max_tokens=MT)
+        other = run_prompts(w.url, max_tokens=MT + 1)
+    assert check_golden(gdir, "tiny-qwen", "cpu", res, update=True, min_common_prefix=0).ok
+    out = check_golden(gdir, "tiny-qwen", "cpu", other, update=False, min_common_prefix=0)
+    assert not out.ok and f"max_tokens={MT}, this run used" in out.message
+
+
+def test_golden_cross_backend_prefix(tmp_path: Path) -> None:
+    gdir = tmp_path / "golden"
+    with StubWorker() as w:
+        res = run_prompts(w.url, {"cp3": P_CP3}, max_tokens=MT)
+    toks = res["cp3"].tokens
+    diverged = toks[:2] + ["zz"] * (MT - 2)
+    save_golden(gdir, Golden("tiny-qwen", "cuda",
+                             {"cp3": GoldenPrompt(P_CP3, MT, diverged, "".join(diverged))}))
+    loose = check_golden(gdir, "tiny-qwen", "cpu", res, update=True, min_common_prefix=2)
+    assert loose.ok, loose.message
+    assert loose.details["cross_backend_prefixes"] == {"cuda": {"cp3": 2}}
+    strict = check_golden(gdir, "tiny-qwen", "cpu", res, update=False, min_common_prefix=4)
+    assert not strict.ok
+    assert "cpu vs cuda golden on prompt 'cp3': common prefix 2 tokens, expected at least 4" \
+        in strict.message
+
+
+# -- the real reference worker ---------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tinymodel = pytest.importorskip("llorch_harness.tinymodel")
+    out = tmp_path_factory.mktemp("tiny") / "tiny-qwen"
+    tinymodel.build_tiny_model(out)
+    return out
+
+
+class RefWorker:
+    """The reference worker as a real process, in its own session, always stopped."""
+
+    def __init__(self, model: Path, log: Path, faults: str = "") -> None:
+        pytest.importorskip("llorch_harness.refworker.server",
+                            reason="reference worker not present in this checkout")
+        self.port = _free_port()
+        self.uri = f"http://localhost:{self.port}"
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if k != "LLORCH_REF_FAULTS"}
+        env["LLORCH_HARNESS_POOL"] = str(log.parent)  # conftest's leak sweep finds it
+        if faults:
+            env["LLORCH_REF_FAULTS"] = faults
+        self._fh = open(log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llorch_harness.refworker", "--worker-id", "w-test",
+             "--model", str(model), "--port", str(self.port),
+             "--callback-url", "http://localhost:9999/x"],
+            stdout=self._fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"reference worker exited {self.proc.returncode}: "
+                            f"{self.log.read_text(errors='replace')[-2000:]}")
+            if health(self.uri, timeout=1.0):
+                return
+            time.sleep(0.05)
+        pytest.fail("reference worker not healthy within 60 s")
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)
+                self.proc.wait(grace)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.proc.wait(10)
+        self._fh.close()
+
+
+@pytest.fixture
+def refworker(tiny_model: Path, tmp_path: Path) -> Iterator[Callable[..., RefWorker]]:
+    started: list[RefWorker] = []
+
+    def start(faults: str = "") -> RefWorker:
+        w = RefWorker(tiny_model, tmp_path / f"worker{len(started)}.log", faults)
+        started.append(w)
+        w.wait_ready()
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def test_reference_worker_passes_every_check(refworker, tmp_path: Path) -> None:
+    w = refworker()
+    offset = w.log.stat().st_size
+    a = check_greedy_repeat(w.uri, P_CP3, GATE_MAX_TOKENS)
+    b = check_interleaved_lengths(w.uri, P_SHORT, P_LONG, GATE_MAX_TOKENS)
+    c = check_seeded_sampling(w.uri, P_CP3, GATE_MAX_TOKENS)
+    prompts = run_prompts(w.uri)
+    for out in (a, b, c):
+        assert out.ok, out.message
+    streams = a.results + b.results + c.results + list(prompts.values())
+    e = check_contract(streams, GATE_MAX_TOKENS)
+    assert e.ok, e.message
+    f = check_no_error_patterns(w.log, offset, streams)
+    assert f.ok, f.message
+    g = check_golden(tmp_path / "golden", "tiny-qwen", "cpu", prompts, update=True,
+                     min_common_prefix=5)
+    assert g.ok, g.message
+    w.stop()
+    w2 = refworker()
+    after = run_prompts(w2.uri)
+    d = check_restart_stable(prompts["cp3"].tokens, after["cp3"].tokens)
+    assert d.ok, d.message
+    g2 = check_golden(tmp_path / "golden", "tiny-qwen", "cpu", after, update=False,
+                      min_common_prefix=5)
+    assert g2.ok, g2.message
+
+
+def test_reference_worker_broadcast_fault_fails_b_and_f(refworker) -> None:
+    w = refworker("broadcast")
+    offset = w.log.stat().st_size
+    b = check_interleaved_lengths(w.uri, P_SHORT, P_LONG, GATE_MAX_TOKENS)
+    assert not b.ok
+    assert "failed" in b.message and "INFERENCE_FAILED" in b.message, b.message
+    f = check_no_error_patterns(w.log, offset, b.results)
+    assert not f.ok
+    assert {"candle_broadcast", "candle_shape_mismatch"} & {
+        m["pattern"] for m in f.details["matches"]}, f.message
+
+
+def test_reference_worker_drift_fault_fails_a(refworker) -> None:
+    w = refworker("drift")
+    a = check_greedy_repeat(w.uri, P_CP3, GATE_MAX_TOKENS)
+    assert not a.ok
+    assert "gave other tokens than request 1" in a.message, a.message
+
+
+def test_reference_worker_panic_fails_a_and_f(refworker) -> None:
+    w = refworker("panic_after_first")
+    offset = w.log.stat().st_size
+    a = check_greedy_repeat(w.uri, P_CP3, GATE_MAX_TOKENS, first_event_timeout=20)
+    assert not a.ok and "greedy request 2 of 3 failed" in a.message, a.message
+    w.proc.wait(10)  # the worker died (exit 101, like a Rust panic)
+    f = check_no_error_patterns(w.log, offset, a.results)
+    assert not f.ok and "panicked at" in f.message, f.message
+
+
+def test_reference_worker_nan_fault_fails_f(refworker) -> None:
+    w = refworker("nan")
+    a = check_greedy_repeat(w.uri, P_CP3, GATE_MAX_TOKENS, times=2)
+    f = check_no_error_patterns(w.log, 0, a.results)
+    assert not f.ok and "NaN" in f.message, f.message
+
+
+def test_reference_worker_stall_fault_fails_within_deadline(refworker) -> None:
+    w = refworker("stall")
+    t0 = time.monotonic()
+    a = check_greedy_repeat(w.uri, P_CP3, GATE_MAX_TOKENS, times=2, first_event_timeout=1,
+                            event_timeout=1, total_timeout=5)
+    assert time.monotonic() - t0 < 20
+    assert not a.ok and "first_event_timeout=1 s" in a.message, a.message
+    w.stop(grace=0.5)  # a stalled request holds graceful shutdown; no need to wait for it
