@@ -118,6 +118,44 @@ def _first_failure(results: Sequence[StreamResult], labels: Sequence[str]) -> st
     return None
 
 
+# -- one answer: the gate's "Qwen works" and "Tokens are generated" items ----------------------
+
+def check_answer(res: StreamResult, label: str = "the request") -> CheckOutcome:
+    """A successful, contract-keeping generation with at least one token."""
+    details: dict[str, Any] = {"token_streams": [res.tokens],
+                               "tokens_per_sec": [res.tokens_per_sec], "streams": _streams([res])}
+    why = stream_failure(res)
+    if why is not None:
+        return CheckOutcome(False, f"{label} failed: {why}", details, [res])
+    if not res.tokens:
+        return CheckOutcome(False, f"{label}: expected at least one token event, got none "
+                                   f"(terminal {res.terminal!r}); {_where(res)}", details, [res])
+    return CheckOutcome(True, f"{label}: {len(res.tokens)} tokens", details, [res])
+
+
+def check_tokens_generated(res: StreamResult, max_tokens: int,
+                           label: str = "the request") -> CheckOutcome:
+    """`max_tokens` tokens come back (fewer only on eos) with non-empty text; that the end
+    event's `tokens_out` counts the token events is part of `check_answer`'s contract check."""
+    out = check_answer(res, label)
+    if not out.ok:
+        return out
+    end = res.terminal or {}
+    n, reason = len(res.tokens), end.get("stop_reason")
+    problems = []
+    if n != max_tokens and reason != "eos":
+        problems.append(f"expected {max_tokens} tokens, or fewer with stop_reason eos, got {n} "
+                        f"tokens with stop_reason {reason!r}")
+    if not res.text.strip():
+        problems.append(f"expected non-empty generated text, got {res.text!r}")
+    out.details.update({"max_tokens": max_tokens, "stop_reason": reason})
+    if problems:
+        return CheckOutcome(False, f"{label}: " + "; ".join(problems) + f"; {_where(res)}",
+                            out.details, out.results)
+    return CheckOutcome(True, f"{label}: {n} tokens (stop_reason {reason}), text "
+                              f"{res.text[:40]!r}", out.details, out.results)
+
+
 # -- (a) ---------------------------------------------------------------------------------------
 
 def check_greedy_repeat(uri: str, prompt: str, max_tokens: int, times: int = 3,
@@ -142,8 +180,9 @@ def check_greedy_repeat(uri: str, prompt: str, max_tokens: int, times: int = 3,
             return CheckOutcome(
                 False,
                 f"greedy request {i} of {times} (temperature 0, seed {SAMPLING_SEED}) gave other "
-                f"tokens than request 1: {cmp.describe()}. Expected identical tokens; a KV cache "
-                f"not reset between requests does this (the contract's broadcasting bug). "
+                f"tokens than request 1: {cmp.describe()}. Expected request {i} identical to "
+                f"request 1; a KV cache not reset between requests does this (the contract's "
+                f"broadcasting bug). "
                 f"{_where(res)}",
                 details, results)
     return CheckOutcome(True, f"{times} greedy requests gave identical tokens "

@@ -22,6 +22,7 @@ from llorch_harness.golden import Golden, GoldenPrompt, load_golden, save_golden
 from llorch_harness.inference_checks import (
     GATE_MAX_TOKENS,
     GATE_PROMPTS,
+    check_answer,
     check_contract,
     check_golden,
     check_greedy_repeat,
@@ -29,10 +30,12 @@ from llorch_harness.inference_checks import (
     check_no_error_patterns,
     check_restart_stable,
     check_seeded_sampling,
+    check_tokens_generated,
     run_prompts,
+    run_request,
 )
-from llorch_harness.workerclient import health
-from tests.sse_servers import BROADCAST_MESSAGE, StubWorker, sse_server
+from llorch_harness.workerclient import StreamResult, health
+from tests.sse_servers import BROADCAST_MESSAGE, StubWorker, good_events, sse_server
 
 MT = 6
 P_SHORT, P_LONG, P_CP3 = GATE_PROMPTS["short"], GATE_PROMPTS["long"], GATE_PROMPTS["cp3"]
@@ -43,6 +46,51 @@ def test_gate_constants() -> None:
     assert GATE_PROMPTS["cp3"] == "Hello, how are you?"
     assert GATE_PROMPTS["short"] == "Hi"
     assert 50 <= len(GATE_PROMPTS["long"].split()) <= 75
+
+
+# -- one answer ----------------------------------------------------------------------------------
+
+def _result(tokens: list[str], stop_reason: str, max_tokens: int = MT,
+            **end_fields: str) -> StreamResult:
+    """A clean 200 stream as execute() builds it, with the given tokens and stop reason."""
+    events = good_events("job-1", tokens, stop_reason=stop_reason)
+    events[-1].update(end_fields)
+    return StreamResult(
+        status_code=200, events=events,
+        raw_lines=[], correlation_id="cid", elapsed_s=0.1, first_event_s=0.1,
+        transport_error=None, content_type="text/event-stream", request_correlation_id="cid",
+        request_json={"job_id": "job-1", "prompt": "p", "max_tokens": max_tokens})
+
+
+def test_answer_passes_live_and_fails_on_error_or_no_tokens() -> None:
+    with StubWorker() as w:
+        res = run_request(w.url, P_CP3, MT, "answer")
+    out = check_answer(res, "the seed's request")
+    assert out.ok, out.message
+    assert out.results == [res] and out.details["streams"][0]["tokens"] == res.tokens
+    assert res.job_id.startswith("gate-answer-")
+    with sse_server("broadcast_error") as srv:
+        bad = check_answer(run_request(srv.url, P_CP3, MT, "answer"), "the seed's request")
+    assert not bad.ok and bad.message.startswith("the seed's request failed: ")
+    assert "INFERENCE_FAILED" in bad.message and BROADCAST_MESSAGE in bad.message
+    empty = check_answer(_result([], "eos"))
+    assert not empty.ok and "expected at least one token event, got none" in empty.message
+
+
+def test_tokens_generated() -> None:
+    with StubWorker() as w:
+        out = check_tokens_generated(run_request(w.url, P_CP3, MT, "tokens"), MT)
+    assert out.ok, out.message
+    assert out.details["stop_reason"] == "max_tokens"
+    assert check_tokens_generated(_result(["a", "b"], "eos"), MT).ok  # fewer, on eos
+    stopped = _result(["a", "b"], "stop_sequence", stop_sequence_matched="b")
+    short = check_tokens_generated(stopped, MT)
+    assert not short.ok
+    assert f"expected {MT} tokens, or fewer with stop_reason eos, got 2 tokens" in short.message
+    blank = check_tokens_generated(_result([" ", "\n"], "eos"), MT)
+    assert not blank.ok and "expected non-empty generated text" in blank.message
+    broken = check_tokens_generated(_result(["a"], "max_tokens"), MT)  # contract: 1 != MT
+    assert not broken.ok and "breaks the contract" in broken.message
 
 
 # -- (a) -----------------------------------------------------------------------------------------
@@ -60,6 +108,7 @@ def test_greedy_repeat_fails_on_drift() -> None:
         out = check_greedy_repeat(w.url, P_CP3, MT)
     assert not out.ok
     assert "greedy request 2 of 3" in out.message and "differs at token" in out.message
+    assert "Expected request 2 identical to request 1" in out.message
     assert "job_id 'gate-greedy2-" in out.message
 
 
