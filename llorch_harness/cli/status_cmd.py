@@ -1,9 +1,71 @@
-"""Placeholder until the workers module lands: registers nothing yet."""
+"""`llorch-pool status`: one look at the pool (catalog, workers, devices, binaries)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
+
+from .. import backends, workers
+from ..catalog import read_catalog
+from ..errors import HarnessError
+from ..paths import PoolPaths
+from .common import add_pool_root, pool_paths
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    return None
+    p = sub.add_parser("status", help="pool overview: catalog, workers, devices")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--llorch-bin-dir", metavar="DIR", default=None,
+                   help="where the worker binaries are (default $LLORCH_BIN_DIR, then PATH)")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_status)
+
+
+def collect_status(paths: PoolPaths, bin_dir: str | None = None) -> dict[str, Any]:
+    """Everything the overview shows, as plain data (also used by the remote `llorch pool`)."""
+    catalog = read_catalog(paths)
+    detected = backends.detect_backends()
+    binaries: dict[str, str | None] = {}
+    for name in backends.BACKENDS:
+        try:
+            binaries[name] = str(backends.find_binary(name, bin_dir))
+        except HarnessError:
+            binaries[name] = None
+    return {
+        "pool_root": str(paths.root),
+        "pool_id": catalog.pool_id,
+        "models": [{"id": m.id, "name": m.name, "downloaded": m.downloaded,
+                    "size_gb": m.size_gb, "backends": m.backends} for m in catalog.models],
+        "workers": [r.to_json() for r in workers.list_workers(paths)],
+        "orphans": [p.pid for p in workers.find_orphans(paths)],
+        "devices": {name: {"reason": why, **backends.device_info(name, 0)}
+                    for name, why in detected.items()},
+        "binaries": binaries,
+    }
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    paths = pool_paths(args)
+    st = collect_status(paths, args.llorch_bin_dir)
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+        return 0
+    downloaded = sum(1 for m in st["models"] if m["downloaded"])
+    print(f"Pool {st['pool_id']} at {st['pool_root']}")
+    print(f"Models: {len(st['models'])} registered, {downloaded} downloaded")
+    for m in st["models"]:
+        state = "✅" if m["downloaded"] else "❌"
+        print(f"   {state} {m['id']:<15} {m['name'][:30]:<30} {', '.join(m['backends'])}")
+    print(f"Workers: {len(st['workers'])} recorded, {len(st['orphans'])} orphan process(es)")
+    for r in st["workers"]:
+        print(f"   {r['worker_id']:<20} pid {r['pid']!s:<8} port {r['port']!s:<6} "
+              f"{r['status']:<9} {r['health']}")
+    print("Devices:")
+    for name, d in st["devices"].items():
+        driver = f", driver {d['driver_version']}" if d.get("driver_version") else ""
+        print(f"   {name:<6} {d.get('name') or '?'}{driver} ({d['reason']})")
+    print("Worker binaries:")
+    for name, path in st["binaries"].items():
+        print(f"   {name:<6} {path or 'not found (--llorch-bin-dir DIR or $LLORCH_BIN_DIR)'}")
+    return 0

@@ -1,9 +1,186 @@
-"""Placeholder until the workers module lands: registers nothing yet."""
+"""`llorch-pool worker spawn|list|stop|logs|reap`: thin layer over llorch_harness.workers."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+import psutil
+
+from .. import workers as w
+from ..errors import HarnessError
+from ..procs import read_marker
+from .common import add_pool_root, pool_paths, require_subcommand
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    return None
+    worker = sub.add_parser("worker", help="spawn, list, stop and inspect workers")
+    add_pool_root(worker)
+    worker.set_defaults(func=require_subcommand(worker))
+    wsub = worker.add_subparsers(dest="worker_command", metavar="ACTION")
+
+    p = wsub.add_parser("spawn", help="start a worker detached and wait until it is ready")
+    p.add_argument("backend", help="cpu, cuda or metal")
+    p.add_argument("--model", required=True, metavar="ID", help="catalog model id")
+    p.add_argument("--gpu", type=int, default=0, help="device index (default 0)")
+    p.add_argument("--port", type=int, default=None,
+                   help="port (default 8000+gpu; 0: a free port from the OS)")
+    p.add_argument("--worker", choices=w.WORKER_KINDS, default="llorch",
+                   help="llorch: the llorch-<backend>-candled binary; reference: the harness's")
+    p.add_argument("--llorch-bin-dir", metavar="DIR", default=None,
+                   help="where the worker binaries are (default $LLORCH_BIN_DIR, then PATH)")
+    p.add_argument("--ready-timeout", type=_nonneg_float, default=120.0, metavar="S",
+                   help="seconds to wait for ready (default 120: real models load slowly)")
+    p.add_argument("--worker-id", default=None, help="default worker-<backend>-<gpu>")
+    p.add_argument("--json", action="store_true", help="print the record as JSON when ready")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_spawn)
+
+    p = wsub.add_parser("list", help="recorded workers with status, health and uptime")
+    p.add_argument("--json", action="store_true")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_list)
+
+    p = wsub.add_parser("stop", help="SIGINT, grace, SIGTERM, SIGKILL; then remove the record")
+    p.add_argument("worker_id", nargs="?")
+    p.add_argument("--all", action="store_true", help="stop every recorded worker")
+    p.add_argument("--grace", type=_nonneg_float, default=10.0, metavar="S",
+                   help="seconds between SIGINT and SIGTERM (default 10)")
+    p.add_argument("--json", action="store_true")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_stop)
+
+    p = wsub.add_parser("logs", help="show a worker's log")
+    p.add_argument("worker_id")
+    p.add_argument("-n", "--lines", type=int, default=w.LOG_TAIL_LINES, metavar="N")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_logs)
+
+    p = wsub.add_parser("reap", help="stop marked worker processes that have no record")
+    p.add_argument("--grace", type=_nonneg_float, default=5.0, metavar="S")
+    p.add_argument("--all-pools", action="store_true", help="orphans of every pool root")
+    add_pool_root(p)
+    p.set_defaults(func=cmd_reap)
+
+
+def cmd_spawn(args: argparse.Namespace) -> int:
+    paths = pool_paths(args)
+    out = sys.stderr if args.json else sys.stdout
+    try:
+        handle = w.spawn_worker(
+            paths, args.backend, args.model, gpu=args.gpu, port=args.port, worker=args.worker,
+            bin_dir=args.llorch_bin_dir, ready_timeout=args.ready_timeout,
+            worker_id=args.worker_id, out=out,
+        )
+    except w.WorkerStartError as err:
+        print(f"--- last {w.LOG_TAIL_LINES} lines of {err.log_path} ---", file=sys.stderr)
+        for line in err.log_tail.splitlines():
+            print(f"  | {line}", file=sys.stderr)
+        raise
+    if args.json:
+        print(json.dumps(handle.record, indent=2))
+    return 0  # the worker is detached: it outlives this command
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    paths = pool_paths(args)
+    rows = w.list_workers(paths)
+    orphans = w.find_orphans(paths)
+    if args.json:
+        print(json.dumps({
+            "workers": [r.to_json() for r in rows],
+            "orphans": [_orphan_json(p) for p in orphans],
+        }, indent=2))
+        return 0
+    if not rows and not orphans:
+        print("No workers running")
+        return 0
+    print("\nWorkers")
+    print("=" * 100)
+    print(f"{'Worker ID':<20} {'PID':<8} {'Model':<15} {'Backend':<8} {'Port':<6} "
+          f"{'Status':<9} {'Health':<12} {'Uptime'}")
+    print("-" * 100)
+    for r in rows:
+        mark = {"running": "✅", "starting": "⏳"}.get(r.status, "❌")
+        print(f"{r.worker_id:<20} {r.pid or '-':<8} {r.model_id:<15} {r.backend:<8} "
+              f"{r.port or '-':<6} {r.status:<9} {r.health:<12} {_uptime(r.uptime_s):<7} {mark}"
+              + (f"  ({r.note})" if r.note else ""))
+    for o in orphans:
+        j = _orphan_json(o)
+        print(f"{j['worker_id']:<20} {j['pid']:<8} {'-':<15} {'-':<8} {'-':<6} {'orphan':<9} "
+              f"{'-':<12} {'-':<7} ⚠️  (no record: llorch-pool worker reap)")
+    print("=" * 100)
+    return 0
+
+
+def _orphan_json(proc: psutil.Process) -> dict[str, object]:
+    marker = read_marker(proc)
+    return {"pid": proc.pid, "worker_id": marker[0] if marker else "?",
+            "pool_root": marker[1] if marker else None}
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    paths = pool_paths(args)
+    if args.all == bool(args.worker_id):
+        raise HarnessError("give a worker id or --all (not both)",
+                           "e.g. llorch-pool worker stop worker-cpu-0", exit_code=2)
+    if args.all:
+        results = w.stop_all(paths, grace=args.grace)
+    else:
+        results = [w.stop_worker(paths, args.worker_id, grace=args.grace)]
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    elif not results:
+        print("No workers to stop")
+    for r in results if not args.json else []:
+        how = {"sigint": "stopped gracefully (SIGINT)", "sigterm": "stopped by SIGTERM",
+               "sigkill": "killed (SIGKILL)", "already_dead": "was already dead",
+               "stale_record": "had a stale record (pid reused); nothing signalled"}[r.step]
+        port = "port free" if r.port_free else "PORT STILL IN USE"
+        print(f"✅ Worker {r.worker_id} {how} in {r.seconds:.2f} s; {port}; record removed")
+    return 0 if all(r.port_free for r in results) else 1
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    paths = pool_paths(args)
+    if args.lines < 0:
+        raise HarnessError("-n must be 0 or more", "e.g. -n 100", exit_code=2)
+    if args.follow:
+        try:
+            w.follow_logs(paths, args.worker_id, args.lines)
+        except KeyboardInterrupt:
+            return 0
+        return 0
+    text = w.worker_logs(paths, args.worker_id, args.lines)
+    if text:
+        print(text)
+    return 0
+
+
+def cmd_reap(args: argparse.Namespace) -> int:
+    paths = None if args.all_pools else pool_paths(args)
+    pids = w.reap_orphans(paths, grace=args.grace)
+    if pids:
+        print(f"✅ Reaped {len(pids)} orphan process(es): {', '.join(map(str, pids))}")
+    else:
+        print("No orphans")
+    return 0

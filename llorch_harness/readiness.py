@@ -1,0 +1,183 @@
+"""Knowing when a worker is ready: its callback, then a healthy /health.
+
+The real worker POSTs its ready callback *before* it binds its port, so the
+callback alone proves nothing; and a worker that dies while loading must be
+reported at once, not after the ready timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+
+from .procs import port_accepts
+
+POLL_S = 0.01
+HEALTH_TIMEOUT_S = 0.3  # short, so a process exit is still seen within half a second
+
+
+@dataclass
+class Callback:
+    payload: dict[str, Any]
+    received_at: float  # time.monotonic()
+
+
+@dataclass
+class CallbackServer:
+    """A tiny HTTP server on 127.0.0.1:0 in a thread; it records the worker's ready POST."""
+
+    expected_worker_id: str
+    host: str = "127.0.0.1"
+    callbacks: list[Callback] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    _event: threading.Event = field(default_factory=threading.Event)
+    _server: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() first"
+        return f"http://{self.host}:{self._server.server_address[1]}/ready"
+
+    def start(self) -> CallbackServer:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length > 0 else b""
+                problem = owner._accept(body)
+                status = 400 if problem else 200
+                reply = json.dumps({"ok": not problem, "error": problem}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer((self.host, 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+            name=f"callback-{self.expected_worker_id}", daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def _accept(self, body: bytes) -> str | None:
+        """Check the contract's payload {worker_id, vram_bytes, uri}; a bad one is refused."""
+        try:
+            payload = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            problem = f"ready callback body is not JSON: {body[:200]!r}"
+        else:
+            problem = None
+            if not isinstance(payload, dict):
+                problem = "ready callback body is not a JSON object"
+            elif payload.get("worker_id") != self.expected_worker_id:
+                problem = (f"ready callback names worker {payload.get('worker_id')!r}, "
+                           f"expected {self.expected_worker_id!r}")
+            elif not isinstance(payload.get("vram_bytes"), int) or payload["vram_bytes"] < 0:
+                problem = f"ready callback vram_bytes is not a u64: {payload.get('vram_bytes')!r}"
+            elif not isinstance(payload.get("uri"), str):
+                problem = "ready callback has no uri"
+            if problem is None:
+                self.callbacks.append(Callback(payload, time.monotonic()))
+                self._event.set()
+                return None
+        self.problems.append(problem)
+        self._event.set()
+        return problem
+
+    @property
+    def received(self) -> Callback | None:
+        return self.callbacks[0] if self.callbacks else None
+
+    def close(self, wait: bool = False) -> None:
+        """Stop serving. By default without blocking: shutdown() waits up to one poll
+        interval, which would otherwise add ~50 ms to every spawn."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+
+        def finish() -> None:
+            server.shutdown()
+            server.server_close()
+
+        if wait:
+            finish()
+        else:
+            threading.Thread(target=finish, name="callback-close", daemon=True).start()
+
+    def __enter__(self) -> CallbackServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class NotReady(Exception):
+    """Why a worker did not become ready; `exit_status` is set when it exited."""
+
+    def __init__(self, reason: str, exit_status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_status = exit_status
+
+
+def check_health(client: httpx.Client, base_uri: str) -> tuple[bool, str]:
+    """(healthy, detail) from GET /health; never raises."""
+    try:
+        r = client.get(f"{base_uri}/health")
+    except httpx.HTTPError as exc:
+        return False, f"{type(exc).__name__}"
+    if r.status_code != 200:
+        return False, f"HTTP {r.status_code}"
+    try:
+        status = r.json().get("status")
+    except (ValueError, AttributeError):
+        return False, "body is not JSON"
+    return status == "healthy", f"status {status!r}"
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], port: int, callback: CallbackServer, timeout: float,
+    host: str = "127.0.0.1",
+) -> float:
+    """Block until callback + healthy /health; returns seconds waited. Raises NotReady.
+
+    Each loop polls the process (exit seen within ~10 ms), a cheap TCP connect, and
+    only once the port accepts, one short /health request.
+    """
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    last = "no ready callback yet"
+    base = f"http://{host}:{port}"
+    with httpx.Client(trust_env=False, timeout=HEALTH_TIMEOUT_S) as client:
+        while True:
+            status = proc.poll()
+            if status is not None:
+                raise NotReady(f"exited with status {status} before it was ready", status)
+            if callback.problems:
+                raise NotReady(callback.problems[0])
+            if port_accepts(port, host, timeout=HEALTH_TIMEOUT_S):
+                healthy, detail = check_health(client, base)
+                if healthy and callback.received is not None:
+                    return time.monotonic() - t0
+                last = (f"/health {detail}" if not healthy
+                        else "/health is healthy but no ready callback arrived")
+            elif callback.received is not None:
+                last = "ready callback received, port not accepting connections yet"
+            if time.monotonic() >= deadline:
+                raise NotReady(f"not ready within {timeout:g} s ({last})")
+            time.sleep(POLL_S)

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""A small, deliberately faulty worker that speaks the llorch-candled contract.
+
+Standalone (stdlib only) so it can be installed as `llorch-cpu-candled` behind a
+shell wrapper. FAKEWORKER_MODE (comma list) picks the faults:
+  crash_at_start        print 50 lines, then exit 3 (exit time written as the last line)
+  never_ready           no callback, no bind; just sleeps
+  unhealthy             normal start, but /health says "unhealthy"
+  ignore_signals        SIGINT and SIGTERM are ignored
+  spawn_detached_child  start a grandchild in its own session (setsid) that would outlive us
+  slow_bind             callback, then bind 1 s later
+  exit_after_ready      exit FAKEWORKER_EXIT_AFTER s (default 1) after binding
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def log(message: str, level: str = "INFO", **fields: object) -> None:
+    line = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "level": level,
+            "fields": {"message": message, **fields}, "target": "fakeworker"}
+    print(json.dumps(line), flush=True)
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="llorch-cpu-candled")
+    p.add_argument("--worker-id", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--callback-url", required=True)
+    p.add_argument("--cuda-device", type=int)
+    p.add_argument("--metal-device", type=int)
+    p.add_argument("--host", default="0.0.0.0")
+    return p.parse_args()
+
+
+def callback(url: str, worker_id: str, port: int, vram: int) -> None:
+    if "localhost:9999" in url:
+        return
+    body = json.dumps({"worker_id": worker_id, "vram_bytes": vram,
+                       "uri": f"http://localhost:{port}"}).encode()
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        if not 200 <= r.status < 300:
+            raise SystemExit(f"callback refused: {r.status}")
+
+
+class Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # headers and body are two writes: avoid a 40 ms delayed ACK
+    healthy = True
+    vram = 0
+
+    def _json(self, status: int, obj: object) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._json(200, {"status": "healthy" if self.healthy else "unhealthy",
+                             "vram_bytes": self.vram})
+        else:
+            self._json(404, {"error": "not found"})
+
+    def do_POST(self) -> None:
+        if self.path != "/execute":
+            self._json(404, {"error": "not found"})
+            return
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        job = body.get("job_id", "job")
+        n = max(1, min(int(body.get("max_tokens", 3)), 8))
+        events = [{"type": "started", "job_id": job, "model": "fake", "started_at": "0"}]
+        events += [{"type": "token", "t": f" t{i}", "i": i} for i in range(n)]
+        events.append({"type": "end", "tokens_out": n, "decode_time_ms": 0,
+                       "stop_reason": "max_tokens"})
+        data = "".join(f"data: {json.dumps(e)}\n\n" for e in events).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log("request", path=self.path)
+
+
+def main() -> int:
+    args = parse()
+    modes = {m.strip() for m in os.environ.get("FAKEWORKER_MODE", "").split(",") if m.strip()}
+    log("Starting fake worker", worker_id=args.worker_id, modes=sorted(modes), pid=os.getpid())
+    if "ignore_signals" in modes:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if "spawn_detached_child" in modes:
+        child = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        log("Spawned detached child", child_pid=child.pid)
+    if "crash_at_start" in modes:
+        for i in range(50):
+            log(f"loading shard {i}", shard=i)
+        print("thread 'main' panicked at src/main.rs:1:1:", file=sys.stderr, flush=True)
+        print(f"fake crash at {time.time():.6f}", file=sys.stderr, flush=True)
+        return 3
+    if "never_ready" in modes:
+        log("Loading forever")
+        while True:
+            time.sleep(1)
+    vram = int(os.environ.get("FAKEWORKER_VRAM", "0"))
+    log("Model loaded successfully")
+    callback(args.callback_url, args.worker_id, args.port, vram)
+    if "slow_bind" in modes:
+        time.sleep(1.0)
+    Handler.healthy = "unhealthy" not in modes
+    Handler.vram = vram
+    server = ThreadingHTTPServer((args.host, args.port), Handler)
+    server.daemon_threads = True
+    log("Listening", port=args.port)
+    if "exit_after_ready" in modes:
+        delay = float(os.environ.get("FAKEWORKER_EXIT_AFTER", "1.0"))
+        threading.Timer(delay, lambda: os._exit(0)).start()
+    try:
+        server.serve_forever(poll_interval=0.05)
+    except KeyboardInterrupt:
+        log("Shutting down (SIGINT)")
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
