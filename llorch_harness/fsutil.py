@@ -24,7 +24,7 @@ def fsync_dir(directory: Path) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file beside the target, fsync, rename: readers see the old or the new file, never half."""
+    """Temp file beside the target, fsync, rename: readers see the old or new file, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

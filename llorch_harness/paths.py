@@ -39,7 +39,8 @@ def validate_model_id(model_id: str) -> str:
 
 def validate_worker_id(worker_id: str) -> str:
     """A worker id names files under .runtime/workers, so it gets the same rules as a model id."""
-    if not isinstance(worker_id, str) or not _WORKER_ID_RE.fullmatch(worker_id) or ".." in worker_id:
+    if (not isinstance(worker_id, str) or not _WORKER_ID_RE.fullmatch(worker_id)
+            or ".." in worker_id):
         raise HarnessError(
             f"invalid worker id {_printable(worker_id)}",
             "worker ids look like worker-<backend>-<gpu>",
@@ -83,7 +84,8 @@ def validate_hub_filename(name: str) -> str:
     if bad:
         raise HarnessError(
             f"refusing hub file name {_printable(name)}",
-            "hub file names must be relative paths without '..', '\\', '%', NUL or control characters",
+            "hub file names must be relative paths without '..', '\\', '%', NUL or control "
+            "characters",
             exit_code=2,
         )
     return name
@@ -104,7 +106,7 @@ def safe_join(base: Path, rel: str) -> Path:
 
 
 def resolve_pool_root(arg: str | os.PathLike[str] | None = None) -> Path:
-    """--pool-root wins, then $LLORCH_POOL_ROOT, then the current directory (as the Rust pool does)."""
+    """--pool-root wins, then $LLORCH_POOL_ROOT, then the current directory (as in Rust)."""
     raw = arg if arg not in (None, "") else os.environ.get(POOL_ROOT_ENV) or os.getcwd()
     root = Path(raw).expanduser()
     if root.exists() and not root.is_dir():
