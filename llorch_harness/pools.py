@@ -33,7 +33,7 @@ _SECRET_NAME_RE = re.compile(r"(?i)token|secret|passw|key|credential|auth")
 _TOP_KEYS = {"pools", "ssh_config", "connect_timeout"}
 _POOL_KEYS = {
     "host", "root", "llorch_pool", "backends", "env", "port", "ssh_config", "user",
-    "connect_timeout",
+    "connect_timeout", "checkout",
 }
 
 
@@ -161,6 +161,7 @@ class PoolConfig:
     name: str
     destination: Destination
     root: str | None = None
+    checkout: str | None = None  # the harness checkout there, for `llorch-harness gate run`
     llorch_pool: tuple[str, ...] = (DEFAULT_LLORCH_POOL,)
     backends: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
@@ -290,6 +291,13 @@ def _parse_pool(
         except HarnessError as err:
             raise _fail(path, f"{where}.root", err.message) from None
 
+    checkout = body.get("checkout")
+    if checkout is not None:
+        try:
+            checkout = normalize_remote_root(checkout)
+        except HarnessError as err:
+            raise _fail(path, f"{where}.checkout", err.message) from None
+
     command = body.get("llorch_pool", DEFAULT_LLORCH_POOL)
     try:
         words = tuple(shlex.split(command)) if isinstance(command, str) else ()
@@ -318,6 +326,7 @@ def _parse_pool(
         name=name,
         destination=dest,
         root=root,
+        checkout=checkout,
         llorch_pool=words,
         backends=tuple(backends),
         env=dict(env),

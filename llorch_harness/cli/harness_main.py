@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
+from . import gate_cmd
 from .common import require_subcommand, run_parsed
 
 
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(s)
     s.set_defaults(func=cmd_hub_serve)
+
+    gate_cmd.register(sub)
     return parser
 
 

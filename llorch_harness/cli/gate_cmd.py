@@ -1,0 +1,153 @@
+"""`llorch-harness gate merge|run`: one CP3 verdict across pools.
+
+`merge` judges per-pool `--gate-json` files; `run` produces them over ssh first. Both exit
+0 only on a merged pass, 1 on a fail, 2 on bad input (one line naming the file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from .. import gatemerge, gaterun
+from ..errors import HarnessError
+from .common import require_subcommand
+
+
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number of hours, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _add_outputs(p: argparse.ArgumentParser, default_html: str | None) -> None:
+    p.add_argument("--html", metavar="PATH", default=default_html,
+                   help="write the merged checklist as HTML"
+                   + (f" (default {default_html})" if default_html else ""))
+    p.add_argument("--json", metavar="PATH", help="write the merged result as JSON")
+    p.add_argument("--max-age", metavar="HOURS", type=_hours,
+                   default=gatemerge.DEFAULT_MAX_AGE_H,
+                   help=f"results older than this are stale and fail the verdict "
+                   f"(default {gatemerge.DEFAULT_MAX_AGE_H:g})")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `gate merge` and `gate run` to the `llorch-harness` subcommands."""
+    gate = sub.add_parser("gate", help="one CP3 verdict across pools (merge, run over ssh)")
+    gate.set_defaults(func=require_subcommand(gate))
+    gsub = gate.add_subparsers(dest="gate_command", metavar="ACTION")
+
+    m = gsub.add_parser(
+        "merge", help="merge per-pool --gate-json results into one verdict and report",
+        description="Exit 0 only when every required item passed where it is required "
+        "(Metal items on a metal pool, CUDA items on a cuda pool, pool-level items on every "
+        "pool); missing pools, stale results and skipped required items fail.")
+    m.add_argument("results", nargs="*", metavar="RESULT",
+                   help="a pool's --gate-json file, or NAME=PATH to name the pool (none: "
+                   "every --expect-pools pool is reported missing)")
+    _add_outputs(m, None)
+    m.add_argument("--expect-pools", metavar="A,B",
+                   help="pools that must be present (comma list), e.g. mac,workstation")
+    m.add_argument("--report", action="append", default=[], metavar="POOL=PATH",
+                   help="link POOL's HTML report (default: the .html beside its JSON)")
+    m.set_defaults(func=cmd_merge)
+
+    r = gsub.add_parser(
+        "run", help="run the gate on pools over ssh in parallel, fetch the results, merge",
+        description="Each pool runs `.venv/bin/pytest -m BACKENDS --require-backend ...` in "
+        "its `checkout` (pools file) with its `env`; results land in --out, then are merged.")
+    r.add_argument("--pools", required=True, metavar="A,B",
+                   help="pool names from the pools file, e.g. mac,workstation")
+    r.add_argument("--pools-file", metavar="FILE",
+                   help="pools file (default: pools.toml in the pool root, else "
+                   "~/.config/llorch/pools.toml)")
+    r.add_argument("--out", metavar="DIR", default="reports",
+                   help="where the per-pool results and the merged report go (default reports)")
+    r.add_argument("--timeout", metavar="S", type=_seconds, default=gaterun.DEFAULT_TIMEOUT_S,
+                   help=f"per-pool limit for the gate run (default {gaterun.DEFAULT_TIMEOUT_S:g})")
+    _add_outputs(r, None)
+    r.set_defaults(func=cmd_run)
+
+
+def _print_summary(merged: gatemerge.MergedGate, html: Path | None, js: Path | None) -> None:
+    for line in gatemerge.summary_lines(merged):
+        print(line)
+    for label, path in (("report", html), ("json", js)):
+        if path is not None:
+            print(f"merged {label}: {path}")
+
+
+def _report_overrides(items: list[str], names: set[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not path:
+            raise HarnessError(f"--report {item!r}: expected POOL=PATH", exit_code=2)
+        if name not in names:
+            raise HarnessError(f"--report {item!r}: no result for pool {name!r}",
+                               f"pools given: {', '.join(sorted(names))}", exit_code=2)
+        out[name] = path
+    return out
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    expect = gatemerge.parse_pool_list(args.expect_pools)
+    if not args.results and not expect:
+        raise HarnessError("nothing to merge", "give RESULT files or --expect-pools",
+                           exit_code=2)
+    results = []
+    for arg in args.results:
+        name, path = gatemerge.split_named(arg)
+        results.append(gatemerge.load_result(path, name=name))
+    overrides = _report_overrides(args.report, {r.name for r in results})
+    merged = gatemerge.merge(results, expect_pools=expect, max_age_h=args.max_age)
+    reports = {r.name: gatemerge.find_report(r, overrides.get(r.name)) for r in results}
+    html = Path(args.html) if args.html else None
+    js = Path(args.json) if args.json else None
+    gatemerge.write_outputs(merged, reports, html_path=html, json_path=js)
+    _print_summary(merged, html, js)
+    return merged.exit_code
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    names = gatemerge.parse_pool_list(args.pools)
+    if not names:
+        raise HarnessError("--pools names no pool", "e.g. --pools mac,workstation", exit_code=2)
+    gate_pools = gaterun.load_gate_pools(names, args.pools_file,
+                                         getattr(args, "pool_root", None))
+    out = Path(args.out)
+    runs = gaterun.run_pools(gate_pools, out, timeout=args.timeout)
+    merged, reports = gaterun.merge_runs(runs, max_age_h=args.max_age)
+    html = Path(args.html) if args.html else out / "cp3.html"
+    js = Path(args.json) if args.json else out / "cp3.json"
+    gatemerge.write_outputs(merged, reports, html_path=html, json_path=js)
+    _print_summary(merged, html, js)
+    return merged.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m llorch_harness.cli.gate_cmd gate ...`: the same commands, standalone."""
+    from .common import run_parsed
+
+    parser = argparse.ArgumentParser(prog="llorch-harness", description=__doc__)
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return run_parsed(parser, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
