@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 _REASON = "oracle needs the 'oracle' extra: pip install -e .[oracle]"
