@@ -199,6 +199,8 @@ class GateCollector:
                 status = "not run"
             reasons = sorted({f"{r.backend or 'pool'}: {r.reason}" for r in tests
                               if r.status in ("fail", "skip", "xfail") and r.reason})
+            if not tests:
+                reasons = [not_run_reason(gi)]
             per_backend: dict[str, str] = {}
             for r in tests:
                 key = r.backend or "pool"
@@ -219,6 +221,14 @@ class GateCollector:
         if statuses and all(s == "pass" for s in statuses):
             return "pass"
         return "incomplete" if "pass" in statuses else "not run"
+
+
+def not_run_reason(gi: GateItem) -> str:
+    """Say which run covers an item this selection left out, so NOT RUN is never a mystery."""
+    if len(gi.backends) == 1:
+        return (f"not selected in this run: it concerns the {gi.backends[0]} pool "
+                f"(run pytest -m {gi.backends[0]} there)")
+    return "not selected in this run (-m/-k deselected every test of this item)"
 
 
 _RANK = {None: -1, "not run": 0, "skip": 1, "xfail": 1, "pass": 2, "fail": 3}
