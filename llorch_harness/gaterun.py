@@ -31,7 +31,7 @@ from typing import IO
 from . import gatemerge, pools
 from .errors import HarnessError
 from .fsutil import atomic_write_bytes
-from .remote import SSH_FAILED, RemotePool
+from .remote import SSH_FAILED, RemotePool, end_process
 
 REMOTE_PYTEST = ".venv/bin/pytest"  # the README's install puts the venv in the checkout
 DEFAULT_TIMEOUT_S = 3600.0
@@ -152,27 +152,17 @@ class _Ssh:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _end(proc)
+            end_process(proc)
             raise HarnessError(f"pool {self.pool.config.label()}: no answer within {timeout:g}s",
                                "the command may still run there", exit_code=124) from None
         except BaseException:
-            _end(proc)
+            end_process(proc)
             raise
         out = out or b""
         if len(out) > _MAX_FETCH_BYTES:
             raise HarnessError(f"pool {self.pool.name}: answer larger than {_MAX_FETCH_BYTES} "
                                "bytes")
         return SshResult(proc.returncode, out, err.decode("utf-8", "replace"))
-
-
-def _end(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _last_line(text: str) -> str:

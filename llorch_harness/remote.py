@@ -183,13 +183,13 @@ class RemotePool:
         try:
             returncode = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill(proc)
+            end_process(proc)
             raise HarnessError(
                 f"pool {self.config.label()}: remote command did not finish within {timeout:g}s",
                 "the remote command may still be running there", exit_code=TIMED_OUT,
             ) from None
         except BaseException:
-            _kill(proc)
+            end_process(proc)
             raise
         finally:
             for t in pumps:
@@ -234,7 +234,8 @@ def _pump(src: IO[bytes] | None, sink: IO[bytes] | None, keep: bytearray) -> Non
     src.close()
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
+def end_process(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate, wait briefly, then kill: no ssh client outlives its command."""
     if proc.poll() is None:
         proc.terminate()
         try:

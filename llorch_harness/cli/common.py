@@ -32,6 +32,11 @@ def run_parsed(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> i
     if func is None:
         parser.print_help(sys.stderr)
         return 2
+    return run_handler(func, args)
+
+
+def run_handler(func: Handler, args: argparse.Namespace) -> int:
+    """Run one command: a HarnessError becomes one line on stderr and its exit code."""
     try:
         return func(args)
     except HarnessError as err:

@@ -19,6 +19,7 @@ from ..errors import HarnessError
 from ..paths import validate_model_id, validate_repo_id, validate_worker_id
 from ..pools import VALID_BACKENDS, PoolConfig, PoolsFile, load_pools, resolve_pool
 from ..remote import PoolOutcome, RemotePool, run_on_pools
+from .common import run_handler
 
 Check = Callable[[str], str]
 
@@ -354,16 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and func not in (cmd_pool, cmd_pools):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     ns.extra = extra
-    try:
-        return func(ns)
-    except HarnessError as err:
-        print(f"error: {err.one_line()}", file=sys.stderr, flush=True)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr, flush=True)
-        return 130
-    except BrokenPipeError:
-        return 141
+    return run_handler(func, ns)
 
 
 if __name__ == "__main__":
