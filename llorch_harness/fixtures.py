@@ -143,8 +143,10 @@ class GateModel:
     endpoint: str | None
 
     @property
-    def file_sha256(self) -> dict[str, str]:
-        return {n: str(r.get("sha256") or r.get("git_sha1")) for n, r in sorted(self.files.items())}
+    def file_hashes(self) -> dict[str, str]:
+        """sha256 for LFS files (weights), the git blob sha1 the hub lists for the rest."""
+        return {n: (f"sha256:{r['sha256']}" if r.get("sha256") else f"git-sha1:{r.get('git_sha1')}")
+                for n, r in sorted(self.files.items())}
 
 
 def record_download(paths: Any, entry: dict[str, Any]) -> None:
@@ -211,6 +213,7 @@ class WorkerFactory:
     lab: LabDecision
     paths: Any
     model_id: str
+    gate_model: GateModel | None = None  # for the model files' hashes in every report
     live_workers: dict[tuple[str, int], Any] = field(default_factory=dict)
     spawned: list[Any] = field(default_factory=list)
 
@@ -291,7 +294,7 @@ def worker_facts(handle: Any, gate_model: GateModel | None = None) -> dict[str, 
     }
     if gate_model is not None:
         facts["model"] = gate_model.model_id
-        facts["model_files_sha256"] = gate_model.file_sha256
+        facts["model_files"] = gate_model.file_hashes
     return facts
 
 
@@ -358,7 +361,7 @@ def downloaded_model(lab: LabDecision, pool_paths: Any, hub: Any) -> GateModel:
 @pytest.fixture(scope="session")
 def worker_factory(lab: LabDecision, pool_paths: Any,
                    downloaded_model: GateModel) -> Iterator[WorkerFactory]:
-    factory = WorkerFactory(lab, pool_paths, downloaded_model.model_id)
+    factory = WorkerFactory(lab, pool_paths, downloaded_model.model_id, downloaded_model)
     try:
         yield factory
     finally:

@@ -66,7 +66,7 @@ def _check_downloaded_here(pool_paths, downloaded_model, gate_record) -> None:
            ", ".join(sorted(names)), str(result.path))
     gate_record["model"] = model_id
     gate_record["model_dir"] = str(result.path)
-    gate_record["model_files_sha256"] = downloaded_model.file_sha256
+    gate_record["model_files"] = downloaded_model.file_hashes
 
 
 class _Null:

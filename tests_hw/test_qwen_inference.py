@@ -47,7 +47,7 @@ def _worker(worker_factory, backend: str, gate_record: dict[str, Any]) -> Any:
     if backend not in _LOG_START or _LOG_START[backend][0] != log:
         _LOG_START[backend] = (log, Path(log).stat().st_size if Path(log).exists() else 0)
     note_log(gate_record, log)
-    gate_record.setdefault("worker", worker_facts(handle))
+    gate_record.setdefault("worker", worker_facts(handle, worker_factory.gate_model))
     return handle
 
 
