@@ -40,7 +40,8 @@ from .paths import (
     validate_model_id,
     validate_repo_id,
 )
-from .progress import format_gb, human_bytes, progress_class
+from .progress import progress_class
+from .units import format_gb, human_bytes
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"

@@ -17,9 +17,11 @@ from typing import Any
 
 import httpx
 
+from .localhttp import local_client
 from .procs import port_accepts
 
 POLL_S = 0.01
+POLL_AFTER_CALLBACK_S = 0.001  # the worker binds right after its callback: look closely
 HEALTH_TIMEOUT_S = 0.3  # short, so a process exit is still seen within half a second
 
 
@@ -163,7 +165,7 @@ def wait_ready(
     deadline = t0 + timeout
     last = "no ready callback yet"
     base = f"http://{host}:{port}"
-    with httpx.Client(trust_env=False, timeout=HEALTH_TIMEOUT_S) as client:
+    with local_client(HEALTH_TIMEOUT_S) as client:
         while True:
             status = proc.poll()
             if status is not None:
@@ -180,4 +182,4 @@ def wait_ready(
                 last = "ready callback received, port not accepting connections yet"
             if time.monotonic() >= deadline:
                 raise NotReady(f"not ready within {timeout:g} s ({last})")
-            time.sleep(POLL_S)
+            time.sleep(POLL_S if callback.received is None else POLL_AFTER_CALLBACK_S)

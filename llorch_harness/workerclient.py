@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from .localhttp import local_client
+
 EVENT_TYPES = frozenset({"started", "token", "metrics", "end", "error"})
 TERMINAL_TYPES = frozenset({"end", "error"})
 BODY_TEXT_LIMIT = 64 * 1024
@@ -457,7 +459,7 @@ def execute(
     wd = _Watchdog(first_event_timeout, event_timeout, total_timeout)
     col = _Collector(max_events, wd, started)
     try:
-        with wd, httpx.Client(trust_env=False, timeout=timeout) as client:
+        with wd, local_client(timeout) as client:
             _run_request(client, url, body, hdrs, wd, col, result, max_line_bytes, max_body_bytes)
     except Exception as exc:  # a client-side bug must still not hang or crash the gate
         col.problem("request", f"client error: {type(exc).__name__}: {exc}")
@@ -573,7 +575,7 @@ def health(uri: str, timeout: float = 5.0) -> dict | None:
     """
     wd = _Watchdog(timeout, timeout, timeout)
     try:
-        with wd, httpx.Client(trust_env=False, timeout=timeout) as client:
+        with wd, local_client(timeout) as client:
             req = client.build_request("GET", uri.rstrip("/") + "/health",
                                        headers={"Accept-Encoding": "identity"},
                                        extensions={"trace": wd.trace})

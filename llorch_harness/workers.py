@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import httpx
 import psutil
 from filelock import FileLock, Timeout
 
@@ -30,6 +29,7 @@ from .backends import find_binary, get_backend
 from .catalog import read_catalog
 from .errors import HarnessError
 from .fsutil import atomic_write_text, sha256_file
+from .localhttp import local_client
 from .paths import PoolPaths, validate_model_id, validate_worker_id
 from .readiness import CallbackServer, NotReady, check_health, wait_ready
 
@@ -547,7 +547,7 @@ def stop_all(paths: PoolPaths, grace: float = 10.0) -> list[StopResult]:
 def _health(uri: str | None) -> str:
     if not uri:
         return "-"
-    with httpx.Client(trust_env=False, timeout=1.0) as client:
+    with local_client(1.0) as client:
         healthy, detail = check_health(client, uri)
     if healthy:
         return "healthy"

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from .. import catalog as cat
-from ..progress import format_gb
+from ..units import format_gb
 from .common import add_pool_root, pool_paths, require_subcommand
 
 

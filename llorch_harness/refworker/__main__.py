@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from .. import __version__ as _pkg_version
+from ..localhttp import local_client
 from .faults import ENV_VAR, Faults, FaultSpecError, parse_faults
 from .logs import JsonLogger
 
@@ -141,7 +142,7 @@ def send_ready_callback(args: WorkerArgs, log: JsonLogger, vram_bytes: int) -> N
     payload = {"worker_id": args.worker_id, "vram_bytes": vram_bytes,
                "uri": f"http://localhost:{args.port}"}
     try:
-        with httpx.Client(trust_env=False, timeout=CALLBACK_TIMEOUT_S) as client:
+        with local_client(CALLBACK_TIMEOUT_S) as client:
             resp = client.post(args.callback_url, json=payload)
     except httpx.HTTPError as err:
         raise StartupError(f"Failed to send ready callback to {args.callback_url}: {err}") from err
@@ -189,13 +190,13 @@ def run_worker(args: WorkerArgs, faults: Faults, log: JsonLogger) -> int:
     stop: list[bool] = []  # a plain flag: a signal handler must not take locks
     if not faults.ignore_signals:
         signal.signal(signal.SIGINT, lambda _s, _f: stop.append(True))
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
                                name="http", daemon=True)
     serving.start()
     host, port = server.server_address[:2]
     log.info("Server listening", addr=f"{host}:{port}", worker_id=args.worker_id)
     while not stop:
-        time.sleep(0.1)
+        time.sleep(0.01)  # short: a graceful stop should cost the harness milliseconds
     log.info("Shutting down", worker_id=args.worker_id)
     server.shutdown()
     server.begin_close()
