@@ -160,7 +160,7 @@ class Catalog:
             ) from exc
         try:
             return cls.parse(text)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             raise HarnessError(
                 f"cannot parse catalog {path}: {exc}",
                 "fix or move the file; it was left unchanged",
@@ -185,6 +185,12 @@ def catalog_lock(paths: PoolPaths) -> FileLock:
     return FileLock(str(paths.catalog_path) + ".lock", timeout=LOCK_TIMEOUT_S)
 
 
+def remove_stale_temp_files(paths: PoolPaths) -> None:
+    """A writer SIGKILLed mid-write leaves its temp file; under the lock no writer is live."""
+    for tmp in paths.models_dir.glob(f".{paths.catalog_path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def read_catalog(paths: PoolPaths) -> Catalog:
     return Catalog.load(paths.catalog_path)
 
@@ -193,10 +199,17 @@ def update_catalog(paths: PoolPaths, change: Callable[[Catalog], T]) -> T:
     """Serialise read-modify-write across processes; the Rust pool sees whole files only."""
     try:
         with catalog_lock(paths):
+            remove_stale_temp_files(paths)
             catalog = Catalog.load(paths.catalog_path)
             result = change(catalog)
             catalog.updated_at = utc_now()
-            atomic_write_text(paths.catalog_path, catalog.dumps())
+            try:
+                atomic_write_text(paths.catalog_path, catalog.dumps())
+            except OSError as exc:
+                raise HarnessError(
+                    f"cannot write catalog {paths.catalog_path}: {exc.strerror or exc}",
+                    "free disk space or fix permissions; the previous catalog is unchanged",
+                ) from exc
             return result
     except Timeout as exc:
         raise HarnessError(

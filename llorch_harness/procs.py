@@ -110,7 +110,13 @@ def identify(
             if marker is None or marker[0] != worker_id or marker[1] != pool_root:
                 return "reused", proc
         return "alive", proc
-    if started_at is not None and not (started_at - 30.0 <= ctime <= started_at + 1.0):
+    if started_at is None:
+        # nothing in the record identifies the process: only our marker can prove it
+        marker = read_marker(proc) if _environ_readable(proc) else None
+        if marker is not None and marker[0] == worker_id and marker[1] == pool_root:
+            return "alive", proc
+        return "reused", proc
+    if not (started_at - 30.0 <= ctime <= started_at + 1.0):
         return "reused", proc
     return "alive", proc
 

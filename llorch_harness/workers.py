@@ -130,11 +130,17 @@ def read_record(path: Path) -> dict[str, Any]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise HarnessError(f"cannot read worker record {path}: {exc}",
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise HarnessError(f"cannot read worker record {path}: {type(exc).__name__}: {exc}",
                            "move the file aside if no worker runs with that id") from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("pid"), int) or raw["pid"] <= 0:
+    pid = raw.get("pid") if isinstance(raw, dict) else None
+    # bool is an int in Python: {"pid": true} must not become pid 1 (init)
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1:
         raise HarnessError(f"worker record {path} has no valid pid",
+                           "move the file aside if no worker runs with that id")
+    worker_id = raw.setdefault("worker_id", path.stem)  # the file name is the id (CP3 layout)
+    if not isinstance(worker_id, str):
+        raise HarnessError(f"worker record {path} has a non-string worker_id",
                            "move the file aside if no worker runs with that id")
     return raw
 

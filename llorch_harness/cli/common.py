@@ -45,8 +45,12 @@ def run_handler(func: Handler, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
         return 130
-    except BrokenPipeError:
-        return 141
+    except OSError as err:  # disk full, permissions: the system's words, still one line
+        if isinstance(err, BrokenPipeError):
+            return 141
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr, flush=True)
+        return 1
 
 
 def require_subcommand(parser: argparse.ArgumentParser) -> Handler:
