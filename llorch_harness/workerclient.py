@@ -377,7 +377,7 @@ class _Collector:
             return
         try:
             obj = json.loads(data)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # deep nesting is the worker's fault
             self.watchdog.event_seen()
             self.problem("invalid_json",
                          f"SSE event {n}: `data:` is not valid JSON ({exc}): {_excerpt(data)}")
