@@ -119,6 +119,31 @@ def measure_crash(paths: PoolPaths, bin_dir: Path, n: int) -> list[float]:
     return lags
 
 
+def measure_never_ready(paths: PoolPaths, bin_dir: Path, n: int, timeout: float) -> list[float]:
+    """Seconds a never-ready worker costs beyond its ready timeout (stop ladder included)."""
+    extra = []
+    for _ in range(n):
+        t0 = time.monotonic()
+        try:
+            spawn_worker(paths, "cpu", "fake", port=0, bin_dir=bin_dir, ready_timeout=timeout,
+                         extra_env={"FAKEWORKER_MODE": "never_ready"})
+        except WorkerStartError:
+            extra.append(time.monotonic() - t0 - timeout)
+    return extra
+
+
+def measure_worst_stop(paths: PoolPaths, bin_dir: Path, n: int, grace: float) -> list[float]:
+    """Stop time of a worker that ignores SIGINT and SIGTERM (ends by SIGKILL)."""
+    times = []
+    for _ in range(n):
+        h = spawn_worker(paths, "cpu", "fake", port=0, bin_dir=bin_dir,
+                         extra_env={"FAKEWORKER_MODE": "ignore_signals"})
+        res = h.stop(grace=grace)
+        if res.step == "sigkill":
+            times.append(res.seconds)
+    return times
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--spawns", type=int, default=50)
@@ -133,12 +158,20 @@ def main() -> int:
         try:
             fl, fr, fs = measure_spawns(paths, args.spawns, "fake", bin_dir=bin_dir)
             crash = measure_crash(paths, bin_dir, args.crashes)
+            never = measure_never_ready(paths, bin_dir, 5, timeout=2.0)
+            worst = measure_worst_stop(paths, bin_dir, 5, grace=1.0)
+            bound = 1.0 + procs.STOP_TERM_WAIT_S
             lines += [
                 "## Fake worker (tests/fakeworker.py behind a sh wrapper)",
                 f"- ready-detection lag after the port accepts: {summary(fl)}",
                 f"- spawn to ready (ready_seconds): {summary(fr)}",
                 f"- graceful stop (SIGINT) incl. port-free check: {summary(fs)}",
                 f"- start-up crash (exit 3) to reported WorkerStartError: {summary(crash)}",
+                f"- never-ready worker, ready timeout 2 s: cost beyond the timeout "
+                f"(stop ladder included): {summary(never)}",
+                f"- worker ignoring SIGINT and SIGTERM, grace 1 s: stop by SIGKILL took "
+                f"{summary(worst)}; bound grace + SIGTERM wait = {bound * 1000:.0f} ms "
+                "plus the kill",
             ]
             if all(importlib.util.find_spec(m) for m in (
                     "llorch_harness.refworker.__main__", "llorch_harness.tinymodel")):

@@ -26,6 +26,7 @@ MARKER_WORKER_ENV = "LLORCH_HARNESS_WORKER"
 MARKER_POOL_ENV = "LLORCH_HARNESS_POOL"
 SESSION_ENV = "LLORCH_HARNESS_SESSION"
 CREATE_TIME_TOLERANCE_S = 1.0
+STOP_TERM_WAIT_S = 3.0  # after SIGTERM, before SIGKILL
 _POLL_S = 0.01
 
 
@@ -222,7 +223,7 @@ class LadderResult:
 
 
 def stop_ladder(
-    root: psutil.Process | None, *, grace: float = 10.0, term_wait: float = 3.0,
+    root: psutil.Process | None, *, grace: float = 10.0, term_wait: float = STOP_TERM_WAIT_S,
     kill_wait: float = 5.0, extra: Callable[[], list[psutil.Process]] = list,
 ) -> LadderResult:
     """SIGINT (the real worker's graceful stop), grace, SIGTERM, term_wait, SIGKILL.
