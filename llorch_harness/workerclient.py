@@ -488,11 +488,8 @@ def _run_request(
         col.problem(*_timeout_problem(wd, "connect", f"{url}: {type(exc).__name__}: {exc}"))
         return
     except httpx.HTTPError as exc:
-        fired = wd.fired
-        if fired is not None:
-            col.problem(fired.kind, fired.message)
-        else:
-            col.problem("connect", f"{url}: {type(exc).__name__}: {exc or 'connection failed'}")
+        _http_problem(wd, col, "connect",
+                      f"{url}: {type(exc).__name__}: {exc or 'connection failed'}")
         return
     try:
         result.status_code = response.status_code
@@ -561,11 +558,16 @@ def _read_sse(response: httpx.Response, wd: _Watchdog, col: _Collector, max_line
     except _Abort:
         return
     except httpx.HTTPError as exc:
-        fired = wd.fired
-        if fired is not None:
-            col.problem(fired.kind, fired.message)
-        else:
-            col.problem("read", f"stream broke: {type(exc).__name__}: {exc}")
+        _http_problem(wd, col, "read", f"stream broke: {type(exc).__name__}: {exc}")
+
+
+def _http_problem(wd: _Watchdog, col: _Collector, kind: str, text: str) -> None:
+    """An httpx error is the watchdog's deadline when it fired (it closed the socket)."""
+    fired = wd.fired
+    if fired is not None:
+        col.problem(fired.kind, fired.message)
+    else:
+        col.problem(kind, text)
 
 
 def health(uri: str, timeout: float = 5.0) -> dict | None:
