@@ -54,7 +54,12 @@ class CliResult:
 
 def run_module(module: str, args: list[str], *, env: dict[str, str] | None = None,
                cwd: Path | None = None, timeout: float = CLI_TIMEOUT_S) -> CliResult:
-    argv = [sys.executable, "-m", module, *args]
+    return run_command([sys.executable, "-m", module, *args], env=env, cwd=cwd, timeout=timeout)
+
+
+def run_command(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+                timeout: float = CLI_TIMEOUT_S) -> CliResult:
+    """A command as users run it: our environment plus `env`, no stdin, output captured."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

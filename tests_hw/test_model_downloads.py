@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from gatehelpers import backend_param, expect, llorch_pool, pool_level
+from gatehelpers import backend_param, expect, llorch_pool, pool_level, run_command
 
 from llorch_harness import catalog as cat
 from llorch_harness.download import verify_model
+from llorch_harness.fsutil import sha256_file
+from llorch_harness.hfcli import check_hf_cli, hf_download_command
 from llorch_harness.paths import PoolPaths
 
 SECTION = "Model Downloads"
@@ -50,6 +52,32 @@ def test_models_download_command(lab, pool_paths, hub, downloaded_model, tmp_pat
     ver = llorch_pool(pool_paths, "models", "verify", model_id)
     expect(ver.returncode == 0, f"`llorch-pool models verify {model_id}` exit 0",
            ver.describe(), str(pool_paths.models_dir))
+
+
+@pytest.mark.gate(SECTION, "`llorch-pool models download` works")
+@pool_level
+def test_hf_cli_manual_path(lab, hub, downloaded_model, tmp_path, gate_record):
+    """The documented manual path: `hf` (never huggingface-cli) runs, and its download line,
+    with one --include per pattern, fetches the same bytes the catalog verified."""
+    status = check_hf_cli()
+    gate_record["hf cli"] = status.message
+    expect(status.ok, "`hf` installed and runs", status.message, "pip install huggingface_hub")
+    target = tmp_path / "hf-manual"
+    cmd = hf_download_command(downloaded_model.repo, target, hf=status.path)
+    env = {"HF_HUB_DISABLE_UPDATE_CHECK": "1", "HF_HUB_DISABLE_XET": "1"}
+    if hub is not None:
+        env["HF_ENDPOINT"] = hub.url
+    else:
+        cmd.append("--dry-run")  # the real hub: prove the line and the listing, not 1 GB again
+    res = run_command(cmd, env=env)
+    gate_record["hf download"] = res.describe()
+    expect(res.returncode == 0, "`hf download` exit status 0", res.describe(), str(target))
+    if hub is None:
+        return
+    for name, rec in sorted(downloaded_model.files.items()):
+        if rec.get("sha256"):
+            got = sha256_file(target / name) if (target / name).is_file() else "missing"
+            expect(got == rec["sha256"], f"{name}: sha256 {rec['sha256']}", got, str(target))
 
 
 def _check_downloaded_here(pool_paths, downloaded_model, gate_record) -> None:
