@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO
@@ -31,7 +30,7 @@ from typing import IO
 from . import gatemerge, pools
 from .errors import HarnessError
 from .fsutil import atomic_write_bytes
-from .remote import SSH_FAILED, RemotePool, end_process
+from .remote import SSH_FAILED, RemotePool, end_process, fan_out
 
 REMOTE_PYTEST = ".venv/bin/pytest"  # the README's install puts the venv in the checkout
 DEFAULT_TIMEOUT_S = 3600.0
@@ -282,30 +281,22 @@ def run_pools(gate_pools: Sequence[GatePool], out_dir: Path, *,
               ssh: str = "ssh", every: float = PROGRESS_EVERY_S,
               on_done: Callable[[PoolRun], None] | None = None) -> list[PoolRun]:
     """Every pool at once (one thread each; ssh does the work); runs in the order given."""
-    progress = progress or Progress()
+    shown = progress or Progress()
     out_dir.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
     for p in gate_pools:
-        progress.line(f"[{p.name}] starting on {p.config.host}: pytest -m "
-                      f"{shlex.quote(' or '.join(p.backends))} in {p.checkout}")
-    runs: dict[str, PoolRun] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(len(gate_pools), 16)),
-                            thread_name_prefix="llorch-gate") as ex:
-        futures: dict[Future[PoolRun], GatePool] = {
-            ex.submit(run_pool, p, out_dir, timeout=timeout, ssh=ssh): p for p in gate_pools}
-        pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=every, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                run = fut.result()
-                runs[run.pool.name] = run
-                progress.line(_done_line(run))
-                if on_done is not None:
-                    on_done(run)
-            if not finished and pending:
-                names = ", ".join(sorted(futures[f].name for f in pending))
-                progress.line(f"still running after {time.monotonic() - start:.0f}s: {names}")
-    return [runs[p.name] for p in gate_pools]
+        shown.line(f"[{p.name}] starting on {p.config.host}: pytest -m "
+                   f"{shlex.quote(' or '.join(p.backends))} in {p.checkout}")
+
+    def done(run: PoolRun) -> None:
+        shown.line(_done_line(run))
+        if on_done is not None:
+            on_done(run)
+
+    def waiting(names: list[str], seconds: float) -> None:
+        shown.line(f"still running after {seconds:.0f}s: {', '.join(names)}")
+
+    return fan_out(gate_pools, lambda p: run_pool(p, out_dir, timeout=timeout, ssh=ssh),
+                   lambda p: p.name, on_done=done, on_wait=waiting, every=every)
 
 
 def _done_line(run: PoolRun) -> str:

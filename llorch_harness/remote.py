@@ -22,10 +22,13 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TypeVar
 
 from .errors import HarnessError
 from .pools import PoolConfig, env_ssh_config, is_secret_name, normalize_remote_root
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 SSH_FAILED = 255  # ssh's own status for "could not connect / authenticate / verify"
 TIMED_OUT = 124
@@ -307,7 +310,6 @@ def run_on_pools(
     on_done fires as each pool finishes; on_wait every wait_interval seconds with the
     pools still running. The outcomes come back in the order of `pools`.
     """
-    start = time.monotonic()
 
     def one(cfg: PoolConfig) -> PoolOutcome:
         t0 = time.monotonic()
@@ -321,18 +323,38 @@ def run_on_pools(
             err = HarnessError(f"pool {cfg.label()}: cannot run ssh: {exc.strerror or exc}")
             return PoolOutcome(cfg, None, err, time.monotonic() - t0)
 
-    outcomes: dict[str, PoolOutcome] = {}
-    with ThreadPoolExecutor(max_workers=max(1, min(len(pools), 16)),
+    return fan_out(pools, one, lambda cfg: cfg.name, on_done=on_done, on_wait=on_wait,
+                   every=wait_interval)
+
+
+def fan_out(
+    items: Sequence[T],
+    work: Callable[[T], R],
+    name: Callable[[T], str],
+    *,
+    on_done: Callable[[R], None] | None = None,
+    on_wait: Callable[[list[str], float], None] | None = None,
+    every: float = 30.0,
+) -> list[R]:
+    """`work` on every item at once (one thread each, ssh does the work), results in order.
+
+    on_done fires as each finishes; on_wait every `every` seconds with the names still
+    running and the seconds since the start.
+    """
+    start = time.monotonic()
+    results: dict[int, R] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(len(items), 16)),
                             thread_name_prefix="llorch-pool") as ex:
-        futures: dict[Future[PoolOutcome], PoolConfig] = {ex.submit(one, p): p for p in pools}
+        futures: dict[Future[R], int] = {ex.submit(work, it): i for i, it in enumerate(items)}
         pending = set(futures)
         while pending:
-            done, pending = wait(pending, timeout=wait_interval, return_when=FIRST_COMPLETED)
+            done, pending = wait(pending, timeout=every, return_when=FIRST_COMPLETED)
             for fut in done:
-                outcome = fut.result()
-                outcomes[outcome.pool.name] = outcome
+                result = fut.result()
+                results[futures[fut]] = result
                 if on_done is not None:
-                    on_done(outcome)
+                    on_done(result)
             if not done and pending and on_wait is not None:
-                on_wait(sorted(futures[f].name for f in pending), time.monotonic() - start)
-    return [outcomes[p.name] for p in pools]
+                on_wait(sorted(name(items[futures[f]]) for f in pending),
+                        time.monotonic() - start)
+    return [results[i] for i in range(len(items))]
