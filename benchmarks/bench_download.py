@@ -31,7 +31,6 @@ import json
 import os
 import queue
 import shutil
-import statistics
 import struct
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+from benchstats import stats
 
 from llorch_harness import catalog as cat
 from llorch_harness import download as dl
@@ -64,16 +64,8 @@ PROTO_BUFFERS = 6
 # --------------------------------------------------------------------------- helpers
 
 
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (p95 of 5 repeats is the max)."""
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    """median, p95, min, max, n of a non-empty list."""
-    return {"median": statistics.median(values), "p95": pct(values, 0.95),
-            "min": min(values), "max": max(values), "n": len(values)}
 
 
 def loadavg() -> list[float]:

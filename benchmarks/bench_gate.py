@@ -29,7 +29,6 @@ import os
 import selectors
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from benchstats import stats
 
 TRACE_ENV = "BENCH_GATE_TRACE"
 HERE = Path(__file__).resolve().parent
@@ -144,14 +144,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # --------------------------------------------------------------------------- measuring
 
 
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-def stats(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "p95": pct(values, 0.95),
-            "min": min(values), "max": max(values), "n": len(values)}
 
 
 def _ts(raw: str) -> float:

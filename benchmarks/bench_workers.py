@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
+from benchstats import pct
 
 from llorch_harness import procs
 from llorch_harness.backends import device_info
@@ -55,9 +56,6 @@ class Probe(threading.Thread):
                 time.sleep(0.001)
 
 
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def summary(values: list[float]) -> str:
