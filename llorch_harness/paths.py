@@ -14,13 +14,12 @@ MODELS_DIRNAME = ".test-models"
 CATALOG_FILENAME = "catalog.json"
 RUNTIME_DIRNAME = ".runtime"
 
-_MODEL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # model and worker ids: file names
 _REPO_PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-_WORKER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _MAX_HUB_FILENAME = 1024
 
 
-def _printable(value: object) -> str:
+def printable(value: object) -> str:
     """Show a rejected value safely: control characters escaped, long values cut."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -28,25 +27,22 @@ def _printable(value: object) -> str:
 
 def validate_model_id(model_id: str) -> str:
     """A catalog id becomes a directory name, so it may hold no separator or dot segment."""
-    if not isinstance(model_id, str) or not _MODEL_ID_RE.fullmatch(model_id) or ".." in model_id:
-        raise HarnessError(
-            f"invalid model id {_printable(model_id)}",
-            "use letters, digits, '.', '_' and '-' (no '..', no '/'), at most 128 characters",
-            exit_code=2,
-        )
-    return model_id
+    return _file_name_id(
+        model_id, "model id",
+        "use letters, digits, '.', '_' and '-' (no '..', no '/'), at most 128 characters",
+    )
 
 
 def validate_worker_id(worker_id: str) -> str:
     """A worker id names files under .runtime/workers, so it gets the same rules as a model id."""
-    if (not isinstance(worker_id, str) or not _WORKER_ID_RE.fullmatch(worker_id)
-            or ".." in worker_id):
-        raise HarnessError(
-            f"invalid worker id {_printable(worker_id)}",
-            "worker ids look like worker-<backend>-<gpu>",
-            exit_code=2,
-        )
-    return worker_id
+    return _file_name_id(worker_id, "worker id", "worker ids look like worker-<backend>-<gpu>")
+
+
+def _file_name_id(value: str, what: str, hint: str) -> str:
+    """An id that names a file or directory: one plain segment, never '..'."""
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value) or ".." in value:
+        raise HarnessError(f"invalid {what} {printable(value)}", hint, exit_code=2)
+    return value
 
 
 def validate_repo_id(repo_id: str) -> str:
@@ -58,7 +54,7 @@ def validate_repo_id(repo_id: str) -> str:
         or any(".." in p or "--" in p for p in parts)
     ):
         raise HarnessError(
-            f"invalid hub repo id {_printable(repo_id)}",
+            f"invalid hub repo id {printable(repo_id)}",
             "expected ORG/NAME, e.g. Qwen/Qwen2.5-0.5B-Instruct",
             exit_code=2,
         )
@@ -83,7 +79,7 @@ def validate_hub_filename(name: str) -> str:
         bad = any(s in ("", ".", "..") for s in raw) or len(segments) != len(raw)
     if bad:
         raise HarnessError(
-            f"refusing hub file name {_printable(name)}",
+            f"refusing hub file name {printable(name)}",
             "hub file names must be relative paths without '..', '\\', '%', NUL or control "
             "characters",
             exit_code=2,
@@ -98,7 +94,7 @@ def safe_join(base: Path, rel: str) -> Path:
     target = (base_resolved / rel).resolve()
     if target != base_resolved and base_resolved not in target.parents:
         raise HarnessError(
-            f"path {_printable(rel)} escapes {base}",
+            f"path {printable(rel)} escapes {base}",
             "remove the symbolic link or the '..' that leads outside the models directory",
             exit_code=2,
         )

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import HarnessError
-from .paths import resolve_pool_root
+from .paths import printable, resolve_pool_root
 
 POOLS_FILENAME = "pools.toml"
 SSH_CONFIG_ENV = "LLORCH_SSH_CONFIG"
@@ -35,11 +35,6 @@ _POOL_KEYS = {
     "host", "root", "llorch_pool", "backends", "env", "port", "ssh_config", "user",
     "connect_timeout", "checkout",
 }
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def is_secret_name(name: str) -> bool:
@@ -66,7 +61,7 @@ def parse_destination(text: str) -> Destination:
     no part may start with `-`, so ssh can never take a destination for an option.
     """
     bad = HarnessError(
-        f"invalid host {_show(text)}",
+        f"invalid host {printable(text)}",
         "use [user@]host[:port] with letters, digits, '.', '_', '-' (or [IPv6]); "
         "no spaces, quotes or shell characters",
         exit_code=2,
@@ -127,7 +122,7 @@ def validate_pool_name(name: str) -> str:
     """Pool names are printed and matched against `--host`, so they stay plain words."""
     if not isinstance(name, str) or not _POOL_NAME_RE.fullmatch(name):
         raise HarnessError(
-            f"invalid pool name {_show(name)}",
+            f"invalid pool name {printable(name)}",
             "use letters, digits, '.', '_' and '-', starting with a letter or digit",
             exit_code=2,
         )
@@ -142,14 +137,15 @@ def normalize_remote_root(root: str) -> str:
     if not isinstance(root, str) or not root.strip():
         raise HarnessError("remote pool root must be a non-empty string", exit_code=2)
     if any(ord(c) < 32 or ord(c) == 127 for c in root):
-        raise HarnessError(f"remote pool root {_show(root)} holds control characters", exit_code=2)
+        raise HarnessError(f"remote pool root {printable(root)} holds control characters",
+                           exit_code=2)
     if root == "~":
         return "."
     if root.startswith("~/"):
         root = root[2:] or "."
     elif root.startswith("~"):
         raise HarnessError(
-            f"remote pool root {_show(root)} uses ~user", "write the absolute path", exit_code=2
+            f"remote pool root {printable(root)} uses ~user", "write the absolute path", exit_code=2
         )
     return str(PurePosixPath(root))
 
@@ -244,7 +240,7 @@ def _parse(path: Path, raw: dict[str, Any]) -> PoolsFile:
         try:
             validate_pool_name(name)
         except HarnessError as err:
-            raise _fail(path, f"pools.{_show(name)}", err.one_line()) from None
+            raise _fail(path, f"pools.{printable(name)}", err.one_line()) from None
         pools[name] = _parse_pool(path, name, body, default_cfg, default_timeout)
     return PoolsFile(path, pools)
 
@@ -272,7 +268,7 @@ def _parse_pool(
     user = body.get("user")
     if user is not None:
         if not isinstance(user, str) or not _USER_RE.fullmatch(user):
-            raise _fail(path, f"{where}.user", f"invalid user name {_show(user)}")
+            raise _fail(path, f"{where}.user", f"invalid user name {printable(user)}")
         if dest.user and dest.user != user:
             raise _fail(path, f"{where}.user", "conflicts with the user in 'host'")
     port = None
@@ -316,7 +312,7 @@ def _parse_pool(
         raise _fail(path, f"{where}.env", "must be a table of NAME = \"value\"")
     for key, value in env.items():
         if not _ENV_NAME_RE.fullmatch(key):
-            raise _fail(path, f"{where}.env.{_show(key)}", "invalid variable name")
+            raise _fail(path, f"{where}.env.{printable(key)}", "invalid variable name")
         if not isinstance(value, str) or "\0" in value:
             raise _fail(path, f"{where}.env.{key}", "must be a string")
 
