@@ -106,8 +106,11 @@ def stream_failure(res: StreamResult) -> str | None:
     return f"expected a terminal `end` event, got {term!r}; {_where(res)}"
 
 
-def _streams(results: Iterable[StreamResult]) -> list[dict]:
-    return [r.summary() for r in results]
+def _stream_details(results: Sequence[StreamResult], **extra: Any) -> dict[str, Any]:
+    """What every check reports about its streams (tokens, rates, summaries), plus `extra`."""
+    return {**extra, "token_streams": [r.tokens for r in results],
+            "tokens_per_sec": [r.tokens_per_sec for r in results],
+            "streams": [r.summary() for r in results]}
 
 
 def _first_failure(results: Sequence[StreamResult], labels: Sequence[str]) -> str | None:
@@ -122,8 +125,7 @@ def _first_failure(results: Sequence[StreamResult], labels: Sequence[str]) -> st
 
 def check_answer(res: StreamResult, label: str = "the request") -> CheckOutcome:
     """A successful, contract-keeping generation with at least one token."""
-    details: dict[str, Any] = {"token_streams": [res.tokens],
-                               "tokens_per_sec": [res.tokens_per_sec], "streams": _streams([res])}
+    details = _stream_details([res])
     why = stream_failure(res)
     if why is not None:
         return CheckOutcome(False, f"{label} failed: {why}", details, [res])
@@ -165,10 +167,7 @@ def check_greedy_repeat(uri: str, prompt: str, max_tokens: int, times: int = 3,
         raise ValueError("times must be at least 2 to compare anything")
     results = [run_request(uri, prompt, max_tokens, f"greedy{i + 1}", **execute_kw)
                for i in range(times)]
-    details: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens,
-                               "token_streams": [r.tokens for r in results],
-                               "tokens_per_sec": [r.tokens_per_sec for r in results],
-                               "streams": _streams(results)}
+    details = _stream_details(results, prompt=prompt, max_tokens=max_tokens)
     labels = [f"greedy request {i + 1} of {times}" for i in range(times)]
     fail = _first_failure(results, labels)
     if fail:
@@ -200,10 +199,7 @@ def check_interleaved_lengths(uri: str, short: str, long: str, max_tokens: int,
                for p, tag in ((short, "short1"), (long, "long"), (short, "short2"))]
     labels = ["the first short-prompt request", "the long-prompt request (after a short one)",
               "the second short-prompt request (after a long one)"]
-    details: dict[str, Any] = {"prompts": [short, long, short], "max_tokens": max_tokens,
-                               "token_streams": [r.tokens for r in results],
-                               "tokens_per_sec": [r.tokens_per_sec for r in results],
-                               "streams": _streams(results)}
+    details = _stream_details(results, prompts=[short, long, short], max_tokens=max_tokens)
     fail = _first_failure(results, labels)
     if fail:
         return CheckOutcome(False, fail + " Prompts of different lengths on one worker must not "
@@ -238,12 +234,9 @@ def check_seeded_sampling(uri: str, prompt: str, max_tokens: int,
     results = same + other
     labels = ([f"sampled request {i + 1} with seed {SAMPLING_SEED}" for i in range(2)]
               + [f"sampled request with seed {s}" for s in seeds])
-    details: dict[str, Any] = {
-        "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature,
-        "seeds": [SAMPLING_SEED, SAMPLING_SEED, *seeds],
-        "token_streams": [r.tokens for r in results],
-        "tokens_per_sec": [r.tokens_per_sec for r in results],
-        "streams": _streams(results)}
+    details = _stream_details(results, prompt=prompt, max_tokens=max_tokens,
+                              temperature=temperature,
+                              seeds=[SAMPLING_SEED, SAMPLING_SEED, *seeds])
     fail = _first_failure(results, labels)
     if fail:
         return CheckOutcome(False, fail, details, results)

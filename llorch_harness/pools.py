@@ -280,19 +280,8 @@ def _parse_pool(
             raise _fail(path, f"{where}.port", "conflicts with the port in 'host'")
     dest = Destination(dest.host, user or dest.user, port or dest.port)
 
-    root = body.get("root")
-    if root is not None:
-        try:
-            root = normalize_remote_root(root)
-        except HarnessError as err:
-            raise _fail(path, f"{where}.root", err.message) from None
-
-    checkout = body.get("checkout")
-    if checkout is not None:
-        try:
-            checkout = normalize_remote_root(checkout)
-        except HarnessError as err:
-            raise _fail(path, f"{where}.checkout", err.message) from None
+    root = _remote_dir(path, where, body, "root")
+    checkout = _remote_dir(path, where, body, "checkout")
 
     command = body.get("llorch_pool", DEFAULT_LLORCH_POOL)
     try:
@@ -330,6 +319,17 @@ def _parse_pool(
         connect_timeout=timeout or default_timeout or DEFAULT_CONNECT_TIMEOUT,
         source=path,
     )
+
+
+def _remote_dir(path: Path, where: str, body: dict[str, Any], key: str) -> str | None:
+    """A directory on the pool (`root`, `checkout`), normalised; errors name the key."""
+    value = body.get(key)
+    if value is None:
+        return None
+    try:
+        return normalize_remote_root(value)
+    except HarnessError as err:
+        raise _fail(path, f"{where}.{key}", err.message) from None
 
 
 def _ssh_config(path: Path, key: str, value: Any) -> Path | None:
