@@ -8,13 +8,13 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 from gatehelpers import expect, llorch_pool, pool_level, spawn_args
 
 from llorch_harness import workers
 from llorch_harness.fixtures import note_log, xdist_worker_name
+from llorch_harness.workerclient import health
 
 SECTION = "Worker Spawning"
 
@@ -51,11 +51,10 @@ def test_worker_spawn_command(cli_worker, gate_record):
     gate_record.update({k: rec.get(k) for k in ("cmdline", "binary_path", "binary_sha256",
                                                 "ready_seconds", "uri", "log_path")})
     note_log(gate_record, rec["log_path"])
-    with httpx.Client(trust_env=False, timeout=10.0) as client:
-        health = client.get(rec["uri"].rstrip("/") + "/health")
-    expect(health.status_code == 200 and health.json().get("status") == "healthy",
-           "GET /health: 200 healthy", f"{health.status_code} {health.text[:200]}",
-           rec["log_path"])
+    answer = health(rec["uri"], timeout=10.0)
+    expect(answer is not None and answer.get("status") == "healthy",
+           "GET /health: 200 healthy", repr(answer) if answer is not None
+           else "no 200 JSON answer", rec["log_path"])
 
 
 @pytest.mark.gate(SECTION, "Workers spawn as background processes")
