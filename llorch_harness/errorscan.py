@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llorch_harness.workerclient import StreamResult
+from llorch_harness.workerlog import read_lines
 
-PATTERNS_VERSION = "2026-11-28.1"
+PATTERNS_VERSION = "2026-11-28.2"
 LINE_LIMIT = 500
-_READ_LINE_LIMIT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class ErrorPattern:
     description: str
     source_hint: str
     in_generated_text: bool = True
+    diagnosis: str | None = None  # what the match means, in words a gate reader acts on
 
 
 @dataclass(frozen=True)
@@ -41,17 +42,41 @@ class ErrorMatch:
 
 
 def _p(name: str, regex: str, description: str, hint: str, *, flags: int = 0,
-       text_ok: bool = True) -> ErrorPattern:
-    return ErrorPattern(name, re.compile(regex, flags), description, hint, text_ok)
+       text_ok: bool = True, diagnosis: str | None = None) -> ErrorPattern:
+    return ErrorPattern(name, re.compile(regex, flags), description, hint, text_ok, diagnosis)
 
 
 _I = re.IGNORECASE
+QWEN_CACHE_DIAGNOSIS = (
+    "the KV cache is never cleared for Qwen: every prompt of two or more tokens fails once "
+    "the cache holds anything (the CP3 broadcasting bug: the cache reset is a no-op, and the "
+    "[m, m] attention mask cannot be added to keys of length cache + m)")
+BROADCAST_DIAGNOSIS = (
+    "the attention mask does not fit the keys: the KV cache still holds an earlier request's "
+    "entries when a new prompt is fed (the CP3 broadcasting bug)")
 
 PATTERNS: tuple[ErrorPattern, ...] = (
-    _p("candle_broadcast", r"cannot broadcast \[",
+    # The real CP3 signatures (contract, broadcasting section): for Qwen the candle text is
+    # dropped by the anyhow context, so only these two lines name the bug.
+    _p("qwen_forward_failed", r"Forward pass failed: Qwen forward pass failed",
+       "Qwen forward pass failed (error event or WARN \"Inference failed\")",
+       "llorch-candled backend/inference.rs forward; backend/models/mod.rs reset_cache",
+       diagnosis=QWEN_CACHE_DIAGNOSIS),
+    _p("qwen_cache_reset_noop", r"Cache reset not implemented for Qwen",
+       "WARN: the Qwen KV cache reset is a no-op",
+       "llorch-candled backend/models/mod.rs reset_cache (Model::Qwen arm)",
+       text_ok=False, diagnosis=QWEN_CACHE_DIAGNOSIS),
+    _p("cache_reset_noop", r"Cache reset not implemented for (?!Qwen\b)\w+",
+       "WARN: a model's KV cache reset is a no-op",
+       "llorch-candled backend/models/mod.rs reset_cache", text_ok=False,
+       diagnosis="the KV cache is never cleared for this architecture: later requests run on "
+                 "an earlier request's keys"),
+    # candle's own texts, where a build or the Llama path lets them through
+    _p("candle_broadcast", r"cannot broadcast \[|shape mismatch in broadcast_\w+",
        "candle broadcast error (attention mask vs. a polluted KV cache)",
-       "candle-core shape.rs; llorch-candled attention mask / KV cache reset"),
-    _p("candle_shape_mismatch", r"shape mismatch in",
+       "candle-core shape.rs; llorch-candled attention mask / KV cache reset",
+       diagnosis=BROADCAST_DIAGNOSIS),
+    _p("candle_shape_mismatch", r"shape mismatch in (?!broadcast_)",
        "candle shape mismatch in a binary op", "candle-core; llorch-candled model forward"),
     _p("candle_driver_error", r"\bDriverError\b", "candle/cudarc driver error",
        "candle-core cuda backend (cudarc)"),
@@ -123,29 +148,13 @@ def scan_log(path: Path, start_offset: int = 0,
     """Matches in the log from byte `start_offset` on, with the file's own line numbers.
 
     A check records the log size before it starts and scans only what was written
-    during it. A log that shrank (rotated or truncated) is scanned from the start.
-    Bytes that are not UTF-8 are replaced, never fatal.
+    during it (a log that shrank is scanned from the start). Every line kind counts:
+    tracing lines, narration lines (their `human` text) and stderr such as panics.
     """
     pats = tuple(patterns)
     out: list[ErrorMatch] = []
-    path = Path(path)
-    with open(path, "rb") as fh:
-        size = fh.seek(0, 2)
-        offset = start_offset if 0 <= start_offset <= size else 0
-        fh.seek(0)
-        line_no = 1
-        left = offset
-        while left > 0:
-            block = fh.read(min(left, 1 << 20))
-            if not block:
-                break
-            line_no += block.count(b"\n")
-            left -= len(block)
-        while raw := fh.readline(_READ_LINE_LIMIT):
-            line = raw.decode("utf-8", "replace").rstrip("\r\n")
-            _scan_line(line, str(path), line_no, pats, out)
-            if raw.endswith(b"\n"):
-                line_no += 1
+    for line in read_lines(Path(path), start_offset):
+        _scan_line(line.raw, str(path), line.line_no, pats, out)
     return out
 
 
@@ -181,13 +190,25 @@ def scan_stream(result: StreamResult,
     return out
 
 
+def diagnoses(matches: Iterable[ErrorMatch]) -> list[str]:
+    """The distinct diagnoses of `matches`, in the order first seen."""
+    return list(dict.fromkeys(m.pattern.diagnosis for m in matches if m.pattern.diagnosis))
+
+
+def diagnose_text(text: str, patterns: Iterable[ErrorPattern] = PATTERNS) -> list[str]:
+    """The diagnoses a text (an error event's message, a log line) carries."""
+    return diagnoses(scan_text(text, "text", patterns))
+
+
 def format_matches(matches: Iterable[ErrorMatch]) -> str:
-    """One line per match: where, which pattern, and the offending line quoted."""
-    lines = [
+    """The diagnoses first, then one line per match: where, which pattern, the line quoted."""
+    matches = list(matches)
+    lines = [f"diagnosis: {d}" for d in diagnoses(matches)]
+    lines += [
         f"{m.source}:{m.line_no}: [{m.pattern.name}: {m.pattern.description}; "
         f"look at {m.pattern.source_hint}] {m.line!r}"
         for m in matches
     ]
-    if lines:
+    if matches:
         lines.append(f"(error patterns version {PATTERNS_VERSION})")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from llorch_harness.errorscan import (
     PATTERNS_VERSION,
     ErrorMatch,
     ErrorPattern,
+    diagnose_text,
     format_matches,
     scan_log,
     scan_stream,
@@ -34,8 +35,9 @@ from llorch_harness.golden import (
     load_golden,
     save_golden,
 )
-from llorch_harness.streamcheck import check_stream, is_success
+from llorch_harness.streamcheck import check_stream, is_success, stop_reason_spelling
 from llorch_harness.workerclient import ExecuteRequest, StreamResult, execute
+from llorch_harness.workerlog import facts_for, log_size
 
 GATE_MAX_TOKENS = 20  # what the CP3 plan's curl commands ask for
 GATE_PROMPTS: dict[str, str] = {
@@ -70,11 +72,19 @@ def _job_id(tag: str) -> str:
 
 def run_request(uri: str, prompt: str, max_tokens: int, tag: str, *,
                 temperature: float = 0.0, seed: int = SAMPLING_SEED,
-                **execute_kw: Any) -> StreamResult:
-    """One /execute with a fresh, recognisable job id (`gate-<tag>-<hex>`)."""
+                log_path: Path | None = None, **execute_kw: Any) -> StreamResult:
+    """One /execute with a fresh, recognisable job id (`gate-<tag>-<hex>`).
+
+    With `log_path` (the worker's log) the lines written during the request are read
+    and attached as `res.log`: the only place that says how many tokens were generated.
+    """
     req = ExecuteRequest(job_id=_job_id(tag), prompt=prompt, max_tokens=max_tokens,
                          temperature=temperature, seed=seed)
-    return execute(uri, req, **execute_kw)
+    offset = log_size(log_path)
+    res = execute(uri, req, **execute_kw)
+    if log_path is not None:
+        res.log = facts_for(Path(log_path), req.job_id, offset)
+    return res
 
 
 def run_prompts(uri: str, prompts: Mapping[str, str] = GATE_PROMPTS,
@@ -84,19 +94,63 @@ def run_prompts(uri: str, prompts: Mapping[str, str] = GATE_PROMPTS,
             for name, p in prompts.items()}
 
 
+def log_disagreements(res: StreamResult) -> list[str]:
+    """Where the worker log's account of a successful request disagrees with its stream.
+
+    Empty when no log was read. The log's "Inference completed" `tokens_generated` is the
+    true count (at most max_tokens, at least the number of pieces), and "Inference
+    complete" `tokens` must equal the token events the stream carried.
+    """
+    facts, term = res.log, res.terminal
+    if facts is None or term is None or term.get("type") != "end":
+        return []
+    where = f"job {res.job_id}: "
+    if not facts.found:
+        return [where + "expected the worker log to hold the job's \"Inference completed\" and "
+                        "\"Inference complete\" lines, found neither"]
+    out: list[str] = []
+    events, n = len(res.tokens), facts.tokens_generated
+    max_tokens = (res.request_json or {}).get("max_tokens")
+    if n is None:
+        out.append(where + "expected `tokens_generated` (an integer) in the log's \"Inference "
+                           "completed\" line, found none")
+    else:
+        if isinstance(max_tokens, int) and n > max_tokens:
+            out.append(where + f"the log says {n} tokens were generated, more than "
+                               f"max_tokens={max_tokens}")
+        if n < events:
+            out.append(where + f"the log says {n} tokens were generated, fewer than the {events} "
+                               "token events sent (each piece holds at least one token)")
+    if facts.pieces is not None and facts.pieces != events:
+        out.append(where + f"the log's \"Inference complete\" counts {facts.pieces} pieces, the "
+                           f"stream carried {events} token events")
+    return out
+
+
 def _where(res: StreamResult) -> str:
     return (f"look at the worker log for job_id {res.job_id!r} "
             f"(correlation id {res.correlation_id or res.request_correlation_id!r})")
 
 
 def stream_failure(res: StreamResult) -> str | None:
-    """Why a stream is not a successful generation, in one paragraph; None if it is."""
+    """Why a stream is not a successful generation, in one paragraph; None if it is.
+
+    A failed inference (a lone `error` event) is named with its diagnosis when the
+    message is a known signature; a stream whose log disagrees with it fails too.
+    """
     if is_success(res):
-        return None
+        disagreements = log_disagreements(res)
+        if not disagreements:
+            return None
+        return f"the worker log disagrees with the stream: {'; '.join(disagreements)}; " \
+               f"{_where(res)}"
     err = res.error_event
     if err is not None:
+        msg = err.get("message")
+        found = diagnose_text(msg) if isinstance(msg, str) else []
+        diagnosis = "".join(f" Diagnosis: {d}." for d in found)
         return (f"expected a generation ending in `end`, got error event "
-                f"{err.get('code')}: {err.get('message')!r}; {_where(res)}")
+                f"{err.get('code')}: {msg!r}.{diagnosis} {_where(res)}")
     violations = check_stream(res)
     if violations:
         shown = "; ".join(violations[:5])
@@ -124,7 +178,8 @@ def _first_failure(results: Sequence[StreamResult], labels: Sequence[str]) -> st
 # -- one answer: the gate's "Qwen works" and "Tokens are generated" items ----------------------
 
 def check_answer(res: StreamResult, label: str = "the request") -> CheckOutcome:
-    """A successful, contract-keeping generation with at least one token."""
+    """A successful, contract-keeping generation with at least one token event whose log
+    (when read) agrees with it."""
     details = _stream_details([res])
     why = stream_failure(res)
     if why is not None:
@@ -132,29 +187,43 @@ def check_answer(res: StreamResult, label: str = "the request") -> CheckOutcome:
     if not res.tokens:
         return CheckOutcome(False, f"{label}: expected at least one token event, got none "
                                    f"(terminal {res.terminal!r}); {_where(res)}", details, [res])
-    return CheckOutcome(True, f"{label}: {len(res.tokens)} tokens", details, [res])
+    return CheckOutcome(True, f"{label}: {len(res.tokens)} pieces", details, [res])
 
 
 def check_tokens_generated(res: StreamResult, max_tokens: int,
                            label: str = "the request") -> CheckOutcome:
-    """`max_tokens` tokens come back (fewer only on eos) with non-empty text; that the end
-    event's `tokens_out` counts the token events is part of `check_answer`'s contract check."""
+    """Tokens are generated: the log's `tokens_generated` is `max_tokens` (fewer only where the
+    model reached EOS, which ends a real worker's stream with "MAX_TOKENS" too), the pieces
+    carry text, and the log's counts agree with the stream (`check_answer`).
+
+    Token events are detokenizer pieces, so their number is no token count; without the
+    worker log the count cannot be known, and the check says so instead of guessing.
+    """
     out = check_answer(res, label)
     if not out.ok:
         return out
     end = res.terminal or {}
-    n, reason = len(res.tokens), end.get("stop_reason")
+    reason = end.get("stop_reason")
+    generated = res.tokens_generated
+    out.details.update({"max_tokens": max_tokens, "stop_reason": reason,
+                        "stop_reason_spelling": stop_reason_spelling(reason),
+                        "tokens_generated": generated, "pieces": len(res.tokens)})
     problems = []
-    if n != max_tokens and reason != "eos":
-        problems.append(f"expected {max_tokens} tokens, or fewer with stop_reason eos, got {n} "
-                        f"tokens with stop_reason {reason!r}")
+    if res.log is None:
+        problems.append("no worker log was read, so the number of generated tokens is unknown "
+                        "(token events are pieces, not tokens); pass the worker's log")
+    elif generated is not None and generated < 1:
+        problems.append(f"expected at least one generated token, the log says {generated}")
     if not res.text.strip():
-        problems.append(f"expected non-empty generated text, got {res.text!r}")
-    out.details.update({"max_tokens": max_tokens, "stop_reason": reason})
+        problems.append(f"expected the pieces to carry text, got {res.text!r} "
+                        f"({len(res.tokens)} pieces)")
     if problems:
         return CheckOutcome(False, f"{label}: " + "; ".join(problems) + f"; {_where(res)}",
                             out.details, out.results)
-    return CheckOutcome(True, f"{label}: {n} tokens (stop_reason {reason}), text "
+    ended = ("max_tokens reached" if generated == max_tokens
+             else f"ended at EOS after {generated} of max_tokens={max_tokens}")
+    return CheckOutcome(True, f"{label}: {generated} tokens generated ({ended}) in "
+                              f"{len(res.tokens)} pieces, stop_reason {reason!r}, text "
                               f"{res.text[:40]!r}", out.details, out.results)
 
 
@@ -282,14 +351,19 @@ def check_restart_stable(before: list[str], after: list[str]) -> CheckOutcome:
 # -- (e) ---------------------------------------------------------------------------------------
 
 def check_contract(results: Iterable[StreamResult], max_tokens: int | None = None) -> CheckOutcome:
-    """(e) every stream obeys the contract; `max_tokens=None` uses each request's own."""
+    """(e) every stream obeys the contract and agrees with the worker log where it was read;
+    `max_tokens=None` uses each request's own."""
     results = list(results)
     per_job: dict[str, list[str]] = {}
     for n, res in enumerate(results, 1):
-        violations = check_stream(res, max_tokens=max_tokens)
+        violations = check_stream(res, max_tokens=max_tokens) + log_disagreements(res)
         if violations:
             per_job[res.job_id or f"stream {n}"] = violations
-    details = {"streams_checked": len(results), "violations": per_job}
+    spellings = sorted({s for r in results if r.terminal
+                        and (s := stop_reason_spelling(r.terminal.get("stop_reason")))})
+    details = {"streams_checked": len(results), "violations": per_job,
+               "stop_reason_spellings": spellings,
+               "logs_read": sum(1 for r in results if r.log is not None)}
     if not results:
         return CheckOutcome(False, "no streams to check: expected the streams of the other "
                                    "inference checks", details)

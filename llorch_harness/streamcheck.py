@@ -3,15 +3,26 @@
 The HTTP status alone never shows a failed inference (a failure is a 200 with an
 `error` event), so every stream the gate makes goes through `check_stream`;
 each violation says what the contract expects and what came.
+
+What the real llorch-candled sends is accepted exactly (contract, HTTP section):
+`stop_reason` in SCREAMING_SNAKE_CASE ("MAX_TOKENS", always, even when the model
+reached EOS); token events that are detokenizer pieces, so fewer events than
+`max_tokens` is normal; `started` with `model` "model" and `started_at` "0"; no
+`metrics` event; a failure that is a lone `error` event. What stays a violation is
+what no correct worker sends: indices that do not count from 0, a `tokens_out`
+that is not the number of token events, more token events than `max_tokens`, an
+unknown stop reason or error code, events out of order or after the terminal one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from llorch_harness.workerclient import TERMINAL_TYPES, StreamResult
+from llorch_harness.workerclient import TERMINAL_TYPES, StreamResult, is_uuid_shaped
 
-STOP_REASONS = frozenset({"max_tokens", "eos", "stop_sequence", "cancelled", "error"})
+# The worker's StopReason enum, in its serde spelling (SCREAMING_SNAKE_CASE); snake_case
+# is accepted too (other builds); `stop_reason_spelling` records which one came.
+STOP_REASONS = frozenset({"MAX_TOKENS", "EOS", "STOP_SEQUENCE", "CANCELLED", "ERROR"})
 ERROR_CODES = frozenset({"VRAM_OOM", "CANCELLED", "TIMEOUT", "INVALID_REQUEST", "INFERENCE_FAILED"})
 
 
@@ -21,6 +32,23 @@ def _is_int(v: Any) -> bool:
 
 def _is_num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def normalise_stop_reason(reason: Any) -> str | None:
+    """The enum value a stop reason names (either case), or None when it names none."""
+    if not isinstance(reason, str):
+        return None
+    for candidate in (reason, reason.upper()):
+        if candidate in STOP_REASONS and (reason.isupper() or reason.islower()):
+            return candidate
+    return None
+
+
+def stop_reason_spelling(reason: Any) -> str | None:
+    """"SCREAMING_SNAKE_CASE" (the real worker), "snake_case", or None if not a stop reason."""
+    if normalise_stop_reason(reason) is None:
+        return None
+    return "SCREAMING_SNAKE_CASE" if reason.isupper() else "snake_case"
 
 
 def _r(v: Any, limit: int = 120) -> str:
@@ -58,9 +86,7 @@ def check_stream(
     ctype = (result.content_type or "").split(";")[0].strip().lower()
     if ctype != "text/event-stream" and not any(p.kind == "content_type" for p in result.problems):
         v(f"expected Content-Type text/event-stream, got {result.content_type!r}")
-    sent_cid = result.request_correlation_id
-    if sent_cid and result.correlation_id != sent_cid:
-        v(f"expected X-Correlation-ID {sent_cid!r} echoed, got {result.correlation_id!r}")
+    _check_correlation(result, v)
 
     events = result.events
     if not events:
@@ -70,10 +96,22 @@ def check_stream(
         _check_started(events, job_id, v)  # a failed inference may send its error event alone
     _check_order(events, v)
     tokens = _check_tokens(events, v)
-    _check_terminal(events, tokens, max_tokens, v)
+    _check_terminal(events, tokens, v)
     if max_tokens is not None and tokens > max_tokens:
         v(f"expected at most max_tokens={max_tokens} token events, got {tokens}")
     return out
+
+
+def _check_correlation(result: StreamResult, v: Any) -> None:
+    """A UUID-shaped id is echoed; any other is replaced by a fresh UUID, never echoed."""
+    sent, got = result.request_correlation_id, result.correlation_id
+    if not sent:
+        return
+    if is_uuid_shaped(sent):
+        if got != sent:
+            v(f"expected X-Correlation-ID {sent!r} echoed, got {got!r}")
+    elif not is_uuid_shaped(got):
+        v(f"expected a fresh UUID as X-Correlation-ID for the non-UUID id {sent!r}, got {got!r}")
 
 
 def _check_started(events: list[dict], job_id: str | None, v: Any) -> None:
@@ -138,11 +176,11 @@ def _check_tokens(events: list[dict], v: Any) -> int:
     return n
 
 
-def _check_terminal(events: list[dict], tokens: int, max_tokens: int | None, v: Any) -> None:
-    for pos, e in enumerate(events):
+def _check_terminal(events: list[dict], tokens: int, v: Any) -> None:
+    for e in events:
         kind = e.get("type")
         if kind == "end":
-            _check_end(e, pos, tokens, max_tokens, v)
+            _check_end(e, tokens, v)
         elif kind == "error":
             code, msg = e.get("code"), e.get("message")
             if code not in ERROR_CODES:
@@ -151,7 +189,7 @@ def _check_terminal(events: list[dict], tokens: int, max_tokens: int | None, v: 
                 v(f"expected `error.message` to be a non-empty string, got {_r(msg)}")
 
 
-def _check_end(e: dict, pos: int, tokens: int, max_tokens: int | None, v: Any) -> None:
+def _check_end(e: dict, tokens: int, v: Any) -> None:
     out = e.get("tokens_out")
     if not _is_int(out):
         v(f"expected `end.tokens_out` to be an integer, got {_r(out)}")
@@ -160,19 +198,17 @@ def _check_end(e: dict, pos: int, tokens: int, max_tokens: int | None, v: Any) -
     dt = e.get("decode_time_ms")
     if not _is_num(dt) or dt < 0:
         v(f"expected `end.decode_time_ms` to be a number >= 0, got {_r(dt)}")
-    reason = e.get("stop_reason")
-    if reason not in STOP_REASONS:
-        v(f"expected `end.stop_reason` in {sorted(STOP_REASONS)}, got {_r(reason)}")
-    has_match = "stop_sequence_matched" in e
-    if reason == "stop_sequence" and not isinstance(e.get("stop_sequence_matched"), str):
-        v(f"expected `end.stop_sequence_matched` (a string) with stop_reason stop_sequence, "
-          f"got {_r(e.get('stop_sequence_matched'))}")
-    if reason != "stop_sequence" and has_match:
-        v(f"expected no `end.stop_sequence_matched` with stop_reason {reason!r}, "
-          f"got {_r(e['stop_sequence_matched'])}")
-    if reason == "max_tokens" and max_tokens is not None and tokens != max_tokens:
-        v(f"expected exactly max_tokens={max_tokens} tokens with stop_reason max_tokens, "
-          f"got {tokens}")
+    raw = e.get("stop_reason")
+    reason = normalise_stop_reason(raw)
+    if reason is None:
+        v(f"expected `end.stop_reason` in {sorted(STOP_REASONS)} (or the same in snake_case), "
+          f"got {_r(raw)}")
+    if "stop_sequence_matched" in e:  # absent is fine: the real worker never sends it
+        match = e["stop_sequence_matched"]
+        if reason != "STOP_SEQUENCE":
+            v(f"expected no `end.stop_sequence_matched` with stop_reason {raw!r}, got {_r(match)}")
+        elif not isinstance(match, str):
+            v(f"expected `end.stop_sequence_matched` to be a string, got {_r(match)}")
 
 
 def is_success(result: StreamResult) -> bool:

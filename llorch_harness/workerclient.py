@@ -12,6 +12,7 @@ recorded in the returned `StreamResult`.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import httpx
 
 from .localhttp import local_client
+from .workerlog import GenerationFacts
 
 EVENT_TYPES = frozenset({"started", "token", "metrics", "end", "error"})
 TERMINAL_TYPES = frozenset({"end", "error"})
@@ -32,6 +34,24 @@ _EXCERPT = 200
 _MAX_PROBLEMS = 100
 MAX_RAW_LINES = 200_000  # raw_lines keeps the first lines only; a flood must not eat memory
 _INCOMPLETE = "\x00incomplete"  # sentinel compared by identity
+# A llorch-candled worker sends nothing, not even headers, until the whole generation has
+# ended (contract, HTTP): the deadline for the first event is the deadline for the whole
+# generation, so it grows with max_tokens.
+DEADLINE_BASE_S = 120.0
+DEADLINE_PER_TOKEN_S = 2.0
+_HEX = "[0-9a-fA-F]"
+_UUID_RE = re.compile(f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}")
+
+
+def is_uuid_shaped(value: str | None) -> bool:
+    """36 characters, hyphens at 8/13/18/23, hex elsewhere: the only ids the worker echoes."""
+    return isinstance(value, str) and _UUID_RE.fullmatch(value) is not None
+
+
+def generation_deadline(max_tokens: int | None) -> float:
+    """Seconds a whole `/execute` may take: a base plus a budget per requested token."""
+    n = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else 0
+    return DEADLINE_BASE_S + DEADLINE_PER_TOKEN_S * n
 
 
 @dataclass
@@ -81,6 +101,12 @@ class StreamResult:
     request_json: dict | None = None
     request_correlation_id: str | None = None
     uri: str | None = None
+    log: GenerationFacts | None = None  # what the worker's log says of this job, when read
+
+    @property
+    def tokens_generated(self) -> int | None:
+        """Sampled tokens per the worker log (token events are pieces, not tokens)."""
+        return self.log.tokens_generated if self.log is not None else None
 
     @property
     def tokens(self) -> list[str]:
@@ -118,19 +144,20 @@ class StreamResult:
 
     @property
     def tokens_per_sec(self) -> float | None:
-        """The worker's own figure (metrics event), else from `end`, else wall clock."""
+        """Generated tokens per second: the log's count over the worker's decode time, else
+        a `metrics` event (older builds), else pieces over the whole request (a lower bound)."""
+        end = self.terminal if self.terminal and self.terminal.get("type") == "end" else {}
+        ms = end.get("decode_time_ms")
+        n = self.tokens_generated
+        if n and isinstance(ms, int | float) and not isinstance(ms, bool) and ms > 0:
+            return n / (ms / 1000.0)
         for e in self.events:
             v = e.get("tokens_per_sec") if e.get("type") == "metrics" else None
             if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
                 return float(v)
-        end = self.terminal
-        if end and end.get("type") == "end":
-            n, ms = end.get("tokens_out"), end.get("decode_time_ms")
-            if isinstance(n, int) and isinstance(ms, int | float) and ms > 0:
-                return n / (ms / 1000.0)
-        n = len(self.tokens)
-        if n and self.first_event_s:
-            return n / self.first_event_s
+        pieces = len(self.tokens)
+        if pieces and self.elapsed_s > 0:
+            return pieces / self.elapsed_s
         return None
 
     def summary(self) -> dict:
@@ -143,10 +170,14 @@ class StreamResult:
             "text": self.text,
             "terminal": term,
             "tokens_per_sec": self.tokens_per_sec,
+            "tokens_generated": self.tokens_generated,
             "elapsed_s": round(self.elapsed_s, 3),
+            # not a time to first token: at CP3 the worker sends every event at once after
+            # the whole generation, so this is the generation's duration as the client saw it
             "first_event_s": None if self.first_event_s is None else round(self.first_event_s, 3),
             "correlation_id": self.correlation_id,
             "transport_error": self.transport_error,
+            "log": self.log.to_json() if self.log is not None else None,
         }
 
 
@@ -424,9 +455,9 @@ def execute(
     uri: str,
     request: ExecuteRequest | dict,
     *,
-    first_event_timeout: float = 300.0,
+    first_event_timeout: float | None = None,
     event_timeout: float = 30.0,
-    total_timeout: float = 600.0,
+    total_timeout: float | None = None,
     max_line_bytes: int = 1 << 20,
     max_events: int = 100_000,
     headers: dict | None = None,
@@ -435,15 +466,21 @@ def execute(
 ) -> StreamResult:
     """POST /execute and read the SSE answer under deadlines and caps; never raises for the worker.
 
-    A correlation id is sent (generated unless `headers` has one) so the worker's
-    log lines can be matched to this call.
+    The total and first-event deadlines default to `generation_deadline(max_tokens)`: the
+    worker is frozen while it generates and sends its first byte only at the end.
+    A UUID correlation id is sent so the worker's answer can be matched to this call; a
+    caller's id that is not UUID-shaped is replaced (the worker would not echo it).
     """
     body = request.to_json() if isinstance(request, ExecuteRequest) else dict(request)
+    deadline = generation_deadline(body.get("max_tokens"))
+    total_timeout = deadline if total_timeout is None else total_timeout
+    first_event_timeout = total_timeout if first_event_timeout is None else first_event_timeout
     hdrs = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
-    hdrs.update(headers or {})
+    hdrs.update({k: v for k, v in (headers or {}).items()
+                 if k.lower() != CORRELATION_HEADER.lower() or is_uuid_shaped(v)})
     sent_cid = next((v for k, v in hdrs.items() if k.lower() == CORRELATION_HEADER.lower()), None)
     if sent_cid is None:
-        sent_cid = f"llorch-harness-{uuid.uuid4()}"
+        sent_cid = str(uuid.uuid4())
         hdrs[CORRELATION_HEADER] = sent_cid
     url = uri.rstrip("/") + "/execute"
     started = time.monotonic()

@@ -12,13 +12,17 @@ import hashlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from llorch_harness.workerclient import is_uuid_shaped
+
 Behaviour = Callable[["Handler"], None]
-BROADCAST_MESSAGE = "cannot broadcast [5, 5] to [1, 14, 5, 10]"
+BROADCAST_MESSAGE = "cannot broadcast [5, 5] to [1, 14, 5, 10]"  # candle's text (other builds)
+QWEN_FAILURE_MESSAGE = "Forward pass failed: Qwen forward pass failed"  # what CP3 sends for Qwen
 HANG_LIMIT_S = 30.0  # a hanging handler gives up by itself even if stop() is never called
 
 
@@ -81,6 +85,9 @@ class Handler(BaseHTTPRequestHandler):
     def stop_event(self) -> threading.Event:
         return self.server.stop_event
 
+    def answer_correlation_id(self) -> str:
+        return echo_correlation_id(self.headers.get("x-correlation-id"))
+
     def hang(self) -> None:
         self.stop_event.wait(HANG_LIMIT_S)
 
@@ -89,9 +96,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Connection", "close")
-        cid = self.headers.get("x-correlation-id")
-        if cid:
-            self.send_header("X-Correlation-ID", cid)
+        self.send_header("X-Correlation-ID", self.answer_correlation_id())
         self.end_headers()
 
     def chunk(self, data: bytes) -> None:
@@ -117,9 +122,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Connection", "close")
-        cid = self.headers.get("x-correlation-id")
-        if cid:
-            self.send_header("X-Correlation-ID", cid)
+        self.send_header("X-Correlation-ID", self.answer_correlation_id())
         self.end_headers()
         self.wfile.write(data)
         self.wfile.flush()
@@ -160,16 +163,41 @@ class SSEServer:
 
 # -- canned streams ---------------------------------------------------------------------------
 
-def good_events(job_id: str, tokens: list[str], *, stop_reason: str = "max_tokens",
-                metrics: bool = True) -> list[dict]:
-    evs: list[dict] = [{"type": "started", "job_id": job_id, "model": "stub-model",
-                        "started_at": "2026-11-28T12:00:00Z"}]
+def good_events(job_id: str, tokens: list[str], *, stop_reason: str | None = None,
+                metrics: bool | None = None, legacy: bool = False) -> list[dict]:
+    """A successful stream as the real llorch-candled sends it (contract, HTTP): `started`
+    with model "model" and started_at "0", the pieces, `end` with "MAX_TOKENS", no metrics.
+    `legacy=True` gives the older format (timestamps, a metrics event, snake_case)."""
+    evs: list[dict] = [{"type": "started", "job_id": job_id,
+                        "model": "stub-model" if legacy else "model",
+                        "started_at": "2026-11-28T12:00:00Z" if legacy else "0"}]
     evs += [{"type": "token", "t": t, "i": i} for i, t in enumerate(tokens)]
-    if metrics:
+    if legacy if metrics is None else metrics:
         evs.append({"type": "metrics", "tokens_per_sec": 42.5, "vram_bytes": 0})
+    reason = stop_reason or ("max_tokens" if legacy else "MAX_TOKENS")
     evs.append({"type": "end", "tokens_out": len(tokens), "decode_time_ms": 12,
-                "stop_reason": stop_reason})
+                "stop_reason": reason})
     return evs
+
+
+def pieces_of(tokens: list[str]) -> list[str]:
+    """Token texts joined as candle's TokenOutputStream streams them: a piece is emitted when
+    the text ends in an alphanumeric character; what is left is flushed at the end."""
+    pieces: list[str] = []
+    pending = ""
+    for tok in tokens:
+        pending += tok
+        if pending and pending[-1].isalnum():
+            pieces.append(pending)
+            pending = ""
+    if pending:
+        pieces.append(pending)
+    return pieces
+
+
+def echo_correlation_id(sent: str | None) -> str:
+    """What the real worker answers: a UUID-shaped id echoed, anything else replaced."""
+    return sent if is_uuid_shaped(sent) else str(uuid.uuid4())
 
 
 def _job(h: Handler) -> str:
@@ -255,6 +283,17 @@ def b_broadcast_error(h: Handler) -> None:
     h.events([{"type": "error", "code": "INFERENCE_FAILED", "message": BROADCAST_MESSAGE}])
 
 
+def b_frozen(h: Handler) -> None:
+    """The real worker: nothing at all (not even headers) until the generation ends."""
+    h.stop_event.wait(1.5)
+    b_good(h)
+
+
+def b_qwen_error(h: Handler) -> None:
+    h.start_sse()
+    h.events([{"type": "error", "code": "INFERENCE_FAILED", "message": QWEN_FAILURE_MESSAGE}])
+
+
 def b_missing_terminal(h: Handler) -> None:
     h.start_sse()
     h.events(good_events(_job(h), ["a", "b"])[:-1])
@@ -322,6 +361,8 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "trickle": b_trickle,
     "bad_request": b_bad_request,
     "broadcast_error": b_broadcast_error,
+    "qwen_error": b_qwen_error,
+    "frozen": b_frozen,
     "missing_terminal": b_missing_terminal,
     "two_terminals": b_two_terminals,
     "bad_indices": b_bad_indices,
@@ -344,15 +385,23 @@ _VOCAB = ["the", " cat", " sat", " on", " a", " mat", ",", " and", " then", " it
 
 
 class StubWorker:
-    """A contract-following fake worker (deterministic tokens from prompt, seed and index).
+    """A fake worker that speaks the real wire (deterministic tokens from prompt, seed and
+    index; pieces as TokenOutputStream joins them; the real per-request log lines).
 
     Faults (a set of names) reproduce the ways a real worker fails the gate:
     `drift` greedy tokens change after the first request (polluted KV cache);
     `broadcast` a request whose prompt length differs from the previous one fails
-    with a candle broadcast error event and a WARN log line; `seed_ignored` sampled
-    tokens do not depend on the seed; `sampling_random` sampled tokens change every
-    time; `bad_tokens_out` the end event miscounts; `panic_log` a panic line is
-    logged (but the stream is fine); `nan_log` a NaN warning is logged.
+    with candle's broadcast text in the error event and a WARN log line (other builds);
+    `qwen_cache_bug` the CP3 Qwen path: every request logs WARN "Cache reset not
+    implemented for Qwen", and from the second request on every prompt of two or more
+    words fails with "Forward pass failed: Qwen forward pass failed";
+    `seed_ignored` sampled tokens do not depend on the seed; `sampling_random` sampled
+    tokens change every time; `bad_tokens_out` the end event miscounts; `panic_log` a
+    panic line is logged (but the stream is fine); `nan_log` a NaN warning is logged;
+    `eos_early` greedy generation ends after half of max_tokens (EOS);
+    `log_overcount` the log claims more generated tokens than max_tokens;
+    `log_pieces_mismatch` the log's piece count disagrees with the token events;
+    `empty_pieces` every piece is empty; `legacy` the older per-token wire.
     """
 
     def __init__(self, faults: Iterable[str] = (), log_path: Path | None = None):
@@ -373,13 +422,22 @@ class StubWorker:
     def __exit__(self, *exc: object) -> None:
         self.server.stop()
 
-    def log(self, level: str, message: str, **fields: Any) -> None:
+    def _write(self, obj: dict[str, Any]) -> None:
         if self.log_path is None:
             return
-        line = json.dumps({"timestamp": "2026-11-28T12:00:00Z", "level": level,
-                           "fields": {"message": message, **fields}})
         with self._lock, open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+            fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+    def log(self, level: str, message: str, **fields: Any) -> None:
+        """A tracing line, as `tracing_subscriber::fmt().json()` writes it."""
+        self._write({"timestamp": "2026-11-28T12:00:00Z", "level": level,
+                     "fields": {"message": message, **fields}})
+
+    def narrate(self, actor: str, action: str, human: str, **fields: Any) -> None:
+        """A narration line: INFO, no `message`, `actor`/`action`/`human`/`cute`."""
+        self._write({"timestamp": "2026-11-28T12:00:00Z", "level": "INFO",
+                     "fields": {"actor": actor, "action": action, "target": "t",
+                                "human": human, "cute": "🎉", **fields}})
 
     @staticmethod
     def tokens_for(prompt: str, n: int, salt: str) -> list[str]:
@@ -391,50 +449,86 @@ class StubWorker:
 
     def _handle(self, h: Handler) -> None:
         if h.command == "GET":
+            self.narrate("http-server", "health_check", "Health check: healthy")
             h.send_json(200, {"status": "healthy", "vram_bytes": 0})
             return
         body = h.body if isinstance(h.body, dict) else {}
-        errors = []
-        if not isinstance(body.get("job_id"), str) or not body.get("job_id"):
-            errors.append({"field": "job_id", "constraint": "non_empty", "message": "required"})
-        if not isinstance(body.get("prompt"), str) or not body.get("prompt"):
-            errors.append({"field": "prompt", "constraint": "length", "message": "required"})
-        mt = body.get("max_tokens")
-        if not isinstance(mt, int) or not 1 <= mt <= 2048:
-            errors.append({"field": "max_tokens", "constraint": "range", "message": "1..2048"})
+        errors = _validation_errors(body)
         if errors:
+            self.log("WARN", "Validation failed", job_id=str(body.get("job_id", "")))
             h.send_json(400, {"errors": errors})
             return
-        job, prompt = body["job_id"], body["prompt"]
-        temp = body.get("temperature", 1.0)
-        seed = body.get("seed", 42)
+        job, prompt, mt = body["job_id"], body["prompt"], body["max_tokens"]
         with self._lock:
             self._count += 1
             count = self._count
             prev_len, self._last_prompt_len = self._last_prompt_len, len(prompt)
-        self.log("INFO", "Executing inference", job_id=job, prompt_chars=len(prompt))
-        if "broadcast" in self.faults and prev_len is not None and prev_len != len(prompt):
-            self.log("WARN", "Inference failed", job_id=job, error=BROADCAST_MESSAGE)
+        failure = self._failure(prompt, prev_len, count)
+        if failure is not None:
+            self.log("WARN", "Inference failed", job_id=job, error=failure)
+            self.narrate("candle-backend", "error", f"Inference failed for job {job}: {failure}",
+                         error_kind="inference_failed", job_id=job)
             h.start_sse()
-            h.events([{"type": "error", "code": "INFERENCE_FAILED", "message": BROADCAST_MESSAGE}])
+            h.events([{"type": "error", "code": "INFERENCE_FAILED", "message": failure}])
             return
-        if temp == 0:
-            salt = "greedy" + (f"-{count}" if "drift" in self.faults and count > 1 else "")
-        elif "seed_ignored" in self.faults:
-            salt = "sampled"
-        elif "sampling_random" in self.faults:
-            salt = f"random-{time.monotonic_ns()}"
-        else:
-            salt = f"seed-{seed}-t{temp}"
-        tokens = self.tokens_for(prompt, mt, salt)
-        evs = good_events(job, tokens)
+        tokens = self.tokens_for(prompt, mt, self._salt(body, count))
+        if "eos_early" in self.faults and body.get("temperature", 1.0) == 0:
+            tokens = tokens[: max(1, mt // 2)]
+        legacy = "legacy" in self.faults
+        pieces = list(tokens) if legacy else pieces_of(tokens)
+        if "empty_pieces" in self.faults:
+            pieces = ["" for _ in pieces]
+        evs = good_events(job, pieces, legacy=legacy)
+        self._log_success(job, tokens, pieces, mt)
         if "bad_tokens_out" in self.faults:
-            evs[-1]["tokens_out"] = len(tokens) + 1
+            evs[-1]["tokens_out"] = len(pieces) + 1
+        h.start_sse()
+        h.events(evs)
+
+    def _failure(self, prompt: str, prev_len: int | None, count: int) -> str | None:
+        if "qwen_cache_bug" in self.faults:
+            self.log("WARN", "Cache reset not implemented for Qwen")
+            self.narrate("candle-backend", "cache_reset",
+                         "Reset KV cache before inference to clear warmup pollution")
+            if count > 1 and len(prompt.split()) >= 2:
+                return QWEN_FAILURE_MESSAGE
+        if "broadcast" in self.faults and prev_len is not None and prev_len != len(prompt):
+            return BROADCAST_MESSAGE
+        return None
+
+    def _salt(self, body: dict[str, Any], count: int) -> str:
+        temp, seed = body.get("temperature", 1.0), body.get("seed", 42)
+        if temp == 0:
+            return "greedy" + (f"-{count}" if "drift" in self.faults and count > 1 else "")
+        if "seed_ignored" in self.faults:
+            return "sampled"
+        if "sampling_random" in self.faults:
+            return f"random-{time.monotonic_ns()}"
+        return f"seed-{seed}-t{temp}"
+
+    def _log_success(self, job: str, tokens: list[str], pieces: list[str], mt: int) -> None:
         if "panic_log" in self.faults:
             with self._lock, open(self.log_path or "/dev/null", "a", encoding="utf-8") as fh:
                 fh.write("thread 'tokio-runtime-worker' panicked at src/backend/qwen.rs:88:14:\n")
         if "nan_log" in self.faults:
             self.log("WARN", "NaN detected in logits", job_id=job)
-        self.log("INFO", "Inference completed", job_id=job, tokens_out=len(tokens))
-        h.start_sse()
-        h.events(evs)
+        generated = mt + 3 if "log_overcount" in self.faults else len(tokens)
+        logged_pieces = len(pieces) + (2 if "log_pieces_mismatch" in self.faults else 0)
+        self.log("INFO", "Inference completed", tokens_generated=generated, duration_ms=12,
+                 tokens_per_sec=generated * 1000 // 12)
+        self.narrate("candle-backend", "inference_complete",
+                     f"Inference completed ({generated} tokens in 12 ms)",
+                     tokens_out=generated, decode_time_ms=12)
+        self.log("INFO", "Inference complete", job_id=job, tokens=logged_pieces)
+
+
+def _validation_errors(body: dict[str, Any]) -> list[dict[str, str]]:
+    errors = []
+    if not isinstance(body.get("job_id"), str) or not body.get("job_id"):
+        errors.append({"field": "job_id", "constraint": "non_empty", "message": "required"})
+    if not isinstance(body.get("prompt"), str) or not body.get("prompt"):
+        errors.append({"field": "prompt", "constraint": "length", "message": "required"})
+    mt = body.get("max_tokens")
+    if not isinstance(mt, int) or not 1 <= mt <= 2048:
+        errors.append({"field": "max_tokens", "constraint": "range", "message": "1..2048"})
+    return errors

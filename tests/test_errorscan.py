@@ -9,6 +9,7 @@ import pytest
 from llorch_harness.errorscan import (
     PATTERNS,
     PATTERNS_VERSION,
+    diagnose_text,
     format_matches,
     scan_log,
     scan_stream,
@@ -27,7 +28,17 @@ def _names(text: str) -> set[str]:
     [
         ("Error: cannot broadcast [5, 5] to [1, 14, 5, 10]", "candle_broadcast"),
         ("shape mismatch in broadcast_add, lhs: [1, 14, 5, 10], rhs: [1, 1, 5, 5]",
+         "candle_broadcast"),
+        ("shape mismatch in matmul, lhs: [1, 5, 896], rhs: [1, 4864, 896]",
          "candle_shape_mismatch"),
+        ('{"type":"error","code":"INFERENCE_FAILED",'
+         '"message":"Forward pass failed: Qwen forward pass failed"}', "qwen_forward_failed"),
+        ('{"timestamp":"t","level":"WARN","fields":{"message":"Inference failed","job_id":"j",'
+         '"error":"Forward pass failed: Qwen forward pass failed"}}', "qwen_forward_failed"),
+        ('{"timestamp":"t","level":"WARN","fields":{"message":'
+         '"Cache reset not implemented for Qwen"}}', "qwen_cache_reset_noop"),
+        ('{"timestamp":"t","level":"WARN","fields":{"message":'
+         '"Cache reset not implemented for Mistral"}}', "cache_reset_noop"),
         ("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")", "candle_driver_error"),
         ("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")", "cuda_error_code"),
         ("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")", "out_of_memory"),
@@ -71,6 +82,14 @@ def test_pattern_catches(line: str, name: str) -> None:
         "binding 0.0.0.0:8080, broadcast address unchanged",
         "the nan of it; a grandmother (nan) said hi; inf is short for information",
         "mask filled with -inf for padded positions",
+        # a healthy real worker's narration and tracing lines (contract, Logs)
+        '{"timestamp":"t","level":"INFO","fields":{"actor":"candle-backend","action":'
+        '"cache_reset","target":"kv-cache","human":"Reset KV cache before inference to clear '
+        'warmup pollution","cute":"Tidying up the cache for a fresh start! 🧹"}}',
+        '{"timestamp":"t","level":"INFO","fields":{"message":"Inference completed",'
+        '"tokens_generated":20,"duration_ms":812,"tokens_per_sec":24}}',
+        '{"timestamp":"t","level":"INFO","fields":{"actor":"http-server","action":"health_check",'
+        '"target":"health","human":"Health check: healthy","cute":"Feeling great! 💪"}}',
     ],
 )
 def test_ordinary_lines_do_not_match(line: str) -> None:
@@ -78,7 +97,7 @@ def test_ordinary_lines_do_not_match(line: str) -> None:
 
 
 def test_versioned_and_named() -> None:
-    assert PATTERNS_VERSION == "2026-11-28.1"
+    assert PATTERNS_VERSION == "2026-11-28.2"
     names = [p.name for p in PATTERNS]
     assert len(names) == len(set(names))
     assert all(p.description and p.source_hint for p in PATTERNS)
@@ -145,3 +164,32 @@ def test_scan_stream_protocol_problem_and_body() -> None:
 
 def test_format_matches_empty() -> None:
     assert format_matches([]) == ""
+
+
+def test_qwen_signatures_name_the_bug_in_words() -> None:
+    """The real worker hides candle's text for Qwen: the two lines it does write must be
+    enough to name the bug, and the report says it in words, with the matched lines."""
+    event = "INFERENCE_FAILED: Forward pass failed: Qwen forward pass failed"
+    warn = '{"level":"WARN","fields":{"message":"Cache reset not implemented for Qwen"}}'
+    matches = scan_text(event + "\n" + warn, "worker.log")
+    text = format_matches(matches)
+    assert text.splitlines()[0] == (
+        "diagnosis: the KV cache is never cleared for Qwen: every prompt of two or more tokens "
+        "fails once the cache holds anything (the CP3 broadcasting bug: the cache reset is a "
+        "no-op, and the [m, m] attention mask cannot be added to keys of length cache + m)")
+    assert text.count("diagnosis:") == 1  # one diagnosis, however many lines show it
+    assert "worker.log:1:" in text and "worker.log:2:" in text
+    assert diagnose_text("Forward pass failed: Llama forward pass failed") == []
+
+
+def test_scan_log_reads_every_line_kind(tmp_path) -> None:
+    """Tracing lines, narration lines without `message` and stderr panics all count."""
+    log = tmp_path / "w.log"
+    log.write_text(
+        '{"timestamp":"t","level":"INFO","fields":{"message":"Starting llorch-cpu-candled"}}\n'
+        '{"timestamp":"t","level":"INFO","fields":{"actor":"candle-backend","action":"error",'
+        '"target":"j","human":"Inference failed for job j: Forward pass failed: Qwen forward '
+        'pass failed","error_kind":"inference_failed","job_id":"j"}}\n'
+        "thread 'main' panicked at src/backend/inference.rs:12:5:\n")
+    names = [(m.pattern.name, m.line_no) for m in scan_log(log)]
+    assert names == [("qwen_forward_failed", 2), ("rust_panic", 3)]

@@ -35,7 +35,18 @@ from llorch_harness.inference_checks import (
     run_request,
 )
 from llorch_harness.workerclient import StreamResult, health
-from tests.sse_servers import BROADCAST_MESSAGE, StubWorker, good_events, sse_server
+from llorch_harness.workerlog import GenerationFacts
+from tests.sse_servers import (
+    BROADCAST_MESSAGE,
+    QWEN_FAILURE_MESSAGE,
+    StubWorker,
+    good_events,
+    sse_server,
+)
+
+CID = "0f8e7c52-6d4b-4e8a-9a51-3c2b1d0e9f7a"
+QWEN_DIAGNOSIS = ("the KV cache is never cleared for Qwen: every prompt of two or more tokens "
+                  "fails once the cache holds anything")
 
 MT = 6
 P_SHORT, P_LONG, P_CP3 = GATE_PROMPTS["short"], GATE_PROMPTS["long"], GATE_PROMPTS["cp3"]
@@ -50,57 +61,112 @@ def test_gate_constants() -> None:
 
 # -- one answer ----------------------------------------------------------------------------------
 
-def _result(tokens: list[str], stop_reason: str, max_tokens: int = MT,
-            **end_fields: str) -> StreamResult:
-    """A clean 200 stream as execute() builds it, with the given tokens and stop reason."""
+def _result(tokens: list[str], stop_reason: str = "MAX_TOKENS", max_tokens: int = MT,
+            generated: int | None = None, **end_fields: str) -> StreamResult:
+    """A clean 200 stream as execute() builds it, with the given pieces and stop reason, and
+    (with `generated`) the log's account: that many tokens, as many pieces as sent."""
     events = good_events("job-1", tokens, stop_reason=stop_reason)
     events[-1].update(end_fields)
-    return StreamResult(
+    res = StreamResult(
         status_code=200, events=events,
-        raw_lines=[], correlation_id="cid", elapsed_s=0.1, first_event_s=0.1,
-        transport_error=None, content_type="text/event-stream", request_correlation_id="cid",
+        raw_lines=[], correlation_id=CID, elapsed_s=0.1, first_event_s=0.1,
+        transport_error=None, content_type="text/event-stream", request_correlation_id=CID,
         request_json={"job_id": "job-1", "prompt": "p", "max_tokens": max_tokens})
+    if generated is not None:
+        res.log = GenerationFacts("job-1", tokens_generated=generated, pieces=len(tokens),
+                                  line_nos=[1, 3])
+    return res
 
 
-def test_answer_passes_live_and_fails_on_error_or_no_tokens() -> None:
-    with StubWorker() as w:
-        res = run_request(w.url, P_CP3, MT, "answer")
+def test_answer_passes_live_and_fails_on_error_or_no_tokens(tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    with StubWorker(log_path=log) as w:
+        res = run_request(w.url, P_CP3, MT, "answer", log_path=log)
     out = check_answer(res, "the seed's request")
     assert out.ok, out.message
     assert out.results == [res] and out.details["streams"][0]["tokens"] == res.tokens
     assert res.job_id.startswith("gate-answer-")
+    assert res.tokens_generated == MT and res.log is not None and res.log.pieces == len(res.tokens)
     with sse_server("broadcast_error") as srv:
         bad = check_answer(run_request(srv.url, P_CP3, MT, "answer"), "the seed's request")
     assert not bad.ok and bad.message.startswith("the seed's request failed: ")
     assert "INFERENCE_FAILED" in bad.message and BROADCAST_MESSAGE in bad.message
-    empty = check_answer(_result([], "eos"))
+    assert "Diagnosis: the attention mask does not fit the keys" in bad.message
+    empty = check_answer(_result([], generated=0))
     assert not empty.ok and "expected at least one token event, got none" in empty.message
 
 
-def test_tokens_generated() -> None:
-    with StubWorker() as w:
-        out = check_tokens_generated(run_request(w.url, P_CP3, MT, "tokens"), MT)
+def test_lone_qwen_error_event_is_a_diagnosed_failed_inference() -> None:
+    """CP3's Qwen failure: 200, one `error` event, no `started`, candle's text hidden."""
+    with sse_server("qwen_error") as srv:
+        res = run_request(srv.url, P_CP3, MT, "answer")
+    assert check_contract([res]).ok  # not a broken contract ...
+    out = check_answer(res, "the seed's request")  # ... but a failed inference, named
+    assert not out.ok
+    assert QWEN_FAILURE_MESSAGE in out.message and QWEN_DIAGNOSIS in out.message
+
+
+def test_tokens_generated_counts_from_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    with StubWorker(log_path=log) as w:
+        res = run_request(w.url, P_CP3, MT, "tokens", log_path=log)
+    out = check_tokens_generated(res, MT)
     assert out.ok, out.message
-    assert out.details["stop_reason"] == "max_tokens"
-    assert check_tokens_generated(_result(["a", "b"], "eos"), MT).ok  # fewer, on eos
-    stopped = _result(["a", "b"], "stop_sequence", stop_sequence_matched="b")
-    short = check_tokens_generated(stopped, MT)
-    assert not short.ok
-    assert f"expected {MT} tokens, or fewer with stop_reason eos, got 2 tokens" in short.message
-    blank = check_tokens_generated(_result([" ", "\n"], "eos"), MT)
-    assert not blank.ok and "expected non-empty generated text" in blank.message
-    broken = check_tokens_generated(_result(["a"], "max_tokens"), MT)  # contract: 1 != MT
+    assert out.details["stop_reason"] == "MAX_TOKENS"
+    assert out.details["stop_reason_spelling"] == "SCREAMING_SNAKE_CASE"
+    assert out.details["tokens_generated"] == MT and out.details["pieces"] == len(res.tokens)
+    # pieces hold several tokens: 2 events for 6 tokens with MAX_TOKENS is a healthy answer
+    assert check_tokens_generated(_result([" Hello,", " world"], generated=MT), MT).ok
+    eos = check_tokens_generated(_result([" Hi"], generated=2), MT)  # the model reached EOS
+    assert eos.ok and "ended at EOS after 2 of max_tokens=6" in eos.message
+    blank = check_tokens_generated(_result([" ", "\n"], generated=MT), MT)
+    assert not blank.ok and "expected the pieces to carry text" in blank.message
+    no_log = check_tokens_generated(_result(["a"]), MT)
+    assert not no_log.ok and "no worker log was read" in no_log.message
+    broken = check_tokens_generated(_result(["a"], generated=1, tokens_out=2), MT)
     assert not broken.ok and "breaks the contract" in broken.message
+
+
+@pytest.mark.parametrize(
+    ("faults", "needle"),
+    [({"log_overcount"}, f"tokens were generated, more than max_tokens={MT}"),
+     ({"log_pieces_mismatch"}, "pieces, the stream carried"),
+     ({"empty_pieces"}, "expected the pieces to carry text")],
+)
+def test_tokens_generated_fails_when_log_and_stream_disagree(tmp_path: Path, faults: set[str],
+                                                              needle: str) -> None:
+    log = tmp_path / "w.log"
+    with StubWorker(faults, log_path=log) as w:
+        out = check_tokens_generated(run_request(w.url, P_CP3, MT, "tokens", log_path=log), MT)
+    assert not out.ok and needle in out.message, out.message
+
+
+def test_log_without_the_job_fails(tmp_path: Path) -> None:
+    log = tmp_path / "other.log"
+    log.write_text("")
+    with StubWorker() as w:  # logs nowhere: the log we read never names the job
+        res = run_request(w.url, P_CP3, MT, "tokens", log_path=log)
+    out = check_tokens_generated(res, MT)
+    assert not out.ok and "found neither" in out.message
 
 
 # -- (a) -----------------------------------------------------------------------------------------
 
-def test_greedy_repeat_passes_on_good_worker() -> None:
-    with StubWorker() as w:
-        out = check_greedy_repeat(w.url, P_CP3, MT)
+def test_greedy_repeat_passes_on_good_worker(tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    with StubWorker(log_path=log) as w:
+        out = check_greedy_repeat(w.url, P_CP3, MT, log_path=log)
     assert out.ok, out.message
     assert len(out.results) == 3 and len(set(map(tuple, out.details["token_streams"]))) == 1
-    assert out.details["tokens_per_sec"] == [42.5, 42.5, 42.5]
+    assert out.details["tokens_per_sec"] == [500.0, 500.0, 500.0]  # 6 tokens in 12 ms
+
+
+def test_greedy_repeat_fails_on_qwen_cache_bug_with_diagnosis(tmp_path: Path) -> None:
+    log = tmp_path / "w.log"
+    with StubWorker({"qwen_cache_bug"}, log_path=log) as w:
+        out = check_greedy_repeat(w.url, P_CP3, MT, log_path=log)
+    assert not out.ok
+    assert "greedy request 2 of 3 failed" in out.message and QWEN_DIAGNOSIS in out.message
 
 
 def test_greedy_repeat_fails_on_drift() -> None:
@@ -194,13 +260,28 @@ def test_contract_passes_and_fails() -> None:
         good = check_greedy_repeat(w.url, P_CP3, MT).results
     out = check_contract(good, MT)
     assert out.ok, out.message
+    assert out.details["stop_reason_spellings"] == ["SCREAMING_SNAKE_CASE"]
     with StubWorker({"bad_tokens_out"}) as w:
         bad = check_greedy_repeat(w.url, P_CP3, MT).results
     out = check_contract(good + bad, None)
     assert not out.ok
     assert "3 of 6 streams break the worker contract" in out.message
-    assert "`end.tokens_out` == number of token events (6), got 7" in out.message
+    n = len(bad[0].tokens)
+    assert f"`end.tokens_out` == number of token events ({n}), got {n + 1}" in out.message
     assert not check_contract([], MT).ok
+
+
+def test_contract_accepts_legacy_wire_and_checks_the_log(tmp_path: Path) -> None:
+    with StubWorker({"legacy"}) as w:
+        legacy = check_greedy_repeat(w.url, P_CP3, MT).results
+    out = check_contract(legacy, MT)
+    assert out.ok, out.message
+    assert out.details["stop_reason_spellings"] == ["snake_case"]
+    log = tmp_path / "w.log"
+    with StubWorker({"log_pieces_mismatch"}, log_path=log) as w:
+        res = check_greedy_repeat(w.url, P_CP3, MT, times=2, log_path=log).results
+    out = check_contract(res, MT)
+    assert not out.ok and "the log's \"Inference complete\" counts" in out.message
 
 
 def test_contract_fails_on_two_terminals_live() -> None:
@@ -219,6 +300,19 @@ def test_error_patterns_clean(tmp_path: Path) -> None:
     out = check_no_error_patterns(log, 0, out_a.results)
     assert out.ok, out.message
     assert out.details["streams_scanned"] == 3
+
+
+def test_error_patterns_name_the_qwen_cache_bug_from_the_first_request(tmp_path: Path) -> None:
+    """Even where every stream succeeded (the first request on cpu), the WARN that the Qwen
+    cache reset is a no-op names the bug, with the matched line."""
+    log = tmp_path / "w.log"
+    with StubWorker({"qwen_cache_bug"}, log_path=log) as w:
+        first = run_request(w.url, P_CP3, MT, "first", log_path=log)
+    assert check_answer(first).ok
+    out = check_no_error_patterns(log, 0, [first])
+    assert not out.ok
+    assert f"diagnosis: {QWEN_DIAGNOSIS}" in out.message
+    assert "Cache reset not implemented for Qwen" in out.message
 
 
 @pytest.mark.parametrize(

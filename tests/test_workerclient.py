@@ -9,7 +9,18 @@ import tracemalloc
 
 import pytest
 
-from llorch_harness.workerclient import MAX_RAW_LINES, ExecuteRequest, StreamResult, execute, health
+from llorch_harness.workerclient import (
+    DEADLINE_BASE_S,
+    DEADLINE_PER_TOKEN_S,
+    MAX_RAW_LINES,
+    ExecuteRequest,
+    StreamResult,
+    execute,
+    generation_deadline,
+    health,
+    is_uuid_shaped,
+)
+from llorch_harness.workerlog import GenerationFacts
 from tests.sse_servers import BROADCAST_MESSAGE, SSEServer, StubWorker, sse_server
 
 HANG_BOUND_S = 10.0  # generous: the deadlines under test are 1 s
@@ -46,10 +57,14 @@ def test_good_stream_parsed() -> None:
     assert res.text == "Hello, world"
     assert res.terminal is not None and res.terminal["type"] == "end"
     assert res.error_event is None
-    assert res.tokens_per_sec == 42.5
+    # no log read: pieces over the whole request is all a client can say
+    assert res.tokens_generated is None
+    assert res.tokens_per_sec == pytest.approx(3 / res.elapsed_s)
+    # with the log's count, generated tokens over the worker's decode time (12 ms)
+    res.log = GenerationFacts("job-1", tokens_generated=6, line_nos=[1])
+    assert res.tokens_per_sec == pytest.approx(500.0)
     assert res.first_event_s is not None and res.first_event_s <= res.elapsed_s
-    assert [e["type"] for e in res.events] == ["started", "token", "token", "token", "metrics",
-                                                 "end"]
+    assert [e["type"] for e in res.events] == ["started", "token", "token", "token", "end"]
     assert res.raw_lines[0].startswith("data: ") and res.raw_lines[1] == ""
     # the request crossed the wire as the contract's JSON, with a correlation id echoed back
     sent = srv.requests[0]
@@ -59,11 +74,41 @@ def test_good_stream_parsed() -> None:
 
 
 def test_dict_request_and_own_correlation_id() -> None:
+    cid = "6f1c2d3e-4b5a-4c6d-8e7f-901a2b3c4d5e"
+    with sse_server("good") as srv:
+        res = execute(srv.url, {"job_id": "x", "prompt": "p", "max_tokens": 1},
+                      headers={"X-Correlation-ID": cid})
+    assert res.correlation_id == cid == res.request_correlation_id
+    assert srv.requests[0]["body"] == {"job_id": "x", "prompt": "p", "max_tokens": 1}
+
+
+def test_non_uuid_correlation_id_is_replaced_not_sent() -> None:
+    """The real worker echoes only UUID-shaped ids: the client never sends another kind."""
     with sse_server("good") as srv:
         res = execute(srv.url, {"job_id": "x", "prompt": "p", "max_tokens": 1},
                       headers={"X-Correlation-ID": "cid-7"})
-    assert res.correlation_id == "cid-7"
-    assert srv.requests[0]["body"] == {"job_id": "x", "prompt": "p", "max_tokens": 1}
+    sent = {k.lower(): v for k, v in srv.requests[0]["headers"].items()}["x-correlation-id"]
+    assert sent != "cid-7" and is_uuid_shaped(sent)
+    assert res.request_correlation_id == sent == res.correlation_id
+
+
+def test_deadlines_scale_with_max_tokens() -> None:
+    assert generation_deadline(20) == DEADLINE_BASE_S + 20 * DEADLINE_PER_TOKEN_S
+    assert generation_deadline(2048) > generation_deadline(20) > generation_deadline(None)
+
+
+def test_frozen_worker_is_waited_for_whole_generation() -> None:
+    """Headers and every event come only when the generation ends: the first-event deadline
+    is the whole request's, never a shorter "time to first token" limit."""
+    with sse_server("frozen") as srv:
+        res = execute(srv.url, _req(max_tokens=3), total_timeout=5)
+    assert res.transport_error is None, res.transport_error
+    assert res.first_event_s is not None and res.first_event_s >= 1.4
+    with sse_server("never_answer") as srv:
+        t0 = time.monotonic()
+        res = execute(srv.url, _req(max_tokens=3), total_timeout=1.5)
+    assert [p.kind for p in res.problems] in (["first_event_timeout"], ["deadline"])
+    assert time.monotonic() - t0 < 10
 
 
 def test_close_delimited_crlf_stream() -> None:
@@ -203,7 +248,9 @@ def test_health_and_stub_worker(tmp_path) -> None:
     with StubWorker(log_path=tmp_path / "w.log") as w:
         assert health(w.url) == {"status": "healthy", "vram_bytes": 0}
         res = execute(w.url, _req(max_tokens=4))
-    assert res.transport_error is None and len(res.tokens) == 4
+    # pieces: punctuation rides with the next word, so up to 4 events for 4 tokens
+    assert res.transport_error is None and 1 <= len(res.tokens) <= 4
+    assert res.terminal is not None and res.terminal["stop_reason"] == "MAX_TOKENS"
 
 
 def test_health_none_on_trouble() -> None:
