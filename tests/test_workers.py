@@ -136,7 +136,7 @@ def test_cli_spawn_list_logs_stop(pool: PoolPaths, bin_dir: Path) -> None:
     assert result["step"] == "sigint" and result["port_free"] is True
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not (pool.workers_dir / "worker-cpu-0.json").exists()
-    assert "Shutting down (SIGINT)" in (pool.workers_dir / "worker-cpu-0.log").read_text()
+    assert "initiating graceful shutdown" in (pool.workers_dir / "worker-cpu-0.log").read_text()
     assert procs.port_is_free(port)
 
 
@@ -149,7 +149,7 @@ def test_handle_is_a_context_manager_that_stops_on_exceptions(pool, bin_dir) -> 
         assert h.vram_bytes == 12345 and h.ready_seconds > 0 and h.gpu == 0
         assert h.uri == f"http://127.0.0.1:{h.port}" and h.record_path.exists()
         assert h.binary_path == bin_dir / "llorch-cpu-candled" and len(h.binary_sha256) == 64
-        assert "Listening" in h.log_tail(5)
+        assert "HTTP server listening" in h.log_tail(5)
         raise RuntimeError("boom")
     assert held._stopped is not None and held._stopped.step == "sigint"
     assert held.stop().step == "sigint"  # idempotent
@@ -400,7 +400,7 @@ def test_follow_logs_until_the_worker_is_gone(pool, bin_dir) -> None:
     t.join(timeout=20)
     assert not t.is_alive()
     text = out.getvalue()
-    assert "Shutting down (SIGINT)" in text and "is not running" in text
+    assert "initiating graceful shutdown" in text and "is not running" in text
 
 
 def test_orphan_is_listed_and_reaped(pool, bin_dir) -> None:
