@@ -461,11 +461,15 @@ def _cross_backend(golden_dir: Path, model_id: str, backend: str,
 
 def check_golden(golden_dir: Path, model_id: str, backend: str,
                  prompts_results: Mapping[str, StreamResult], update: bool,
-                 min_common_prefix: int, worker_binary_sha256: str | None = None) -> CheckOutcome:
+                 min_common_prefix: int, worker_binary_sha256: str | None = None,
+                 reference_problems: list[str] | None = None) -> CheckOutcome:
     """(g) tokens equal the recorded golden of this model and backend (or record it).
 
-    Across backends only a common prefix of `min_common_prefix` tokens is required
-    (CPU and GPU arithmetic may diverge later); the prefixes go into `details`.
+    Goldens are a per-hardware regression check on top of the reference, not the source
+    of truth: `reference_problems` holds the reference check's disagreements on these
+    streams (None when no reference ran). Output that disagrees is never recorded, and a
+    missing golden passes when the reference agreed. Across backends only a common prefix
+    of `min_common_prefix` tokens is required (CPU and GPU arithmetic may diverge later).
     """
     results = list(prompts_results.values())
     try:
@@ -479,6 +483,10 @@ def check_golden(golden_dir: Path, model_id: str, backend: str,
     if broken:
         return CheckOutcome(False, "cannot compare or record golden outputs from failed "
                                    "requests: " + "; ".join(broken), details, results)
+    if update and reference_problems:
+        return CheckOutcome(False, "refusing to record golden outputs that disagree with the "
+                                   "reference implementation: " + "; ".join(reference_problems),
+                            details, results)
     current = _golden_from(model_id, backend, prompts_results, worker_binary_sha256)
     try:
         if update:
@@ -488,9 +496,7 @@ def check_golden(golden_dir: Path, model_id: str, backend: str,
         else:
             golden = load_golden(Path(golden_dir), model_id, backend)
             if golden is None:
-                return CheckOutcome(False, f"no golden outputs for {model_id} on {backend} at "
-                                           f"{path}; record them with --update-golden",
-                                    details, results, skipped=True)
+                return _no_golden(model_id, backend, path, details, results, reference_problems)
             verdict_ok, message = _compare_golden(golden, current, path, details)
         table, problems = _cross_backend(Path(golden_dir), model_id, backend, current,
                                          min_common_prefix)
@@ -502,6 +508,25 @@ def check_golden(golden_dir: Path, model_id: str, backend: str,
         verdict_ok = False
         message = f"{message}. Across backends: " + "; ".join(problems)
     return CheckOutcome(verdict_ok, message, details, results)
+
+
+def _no_golden(model_id: str, backend: str, path: Path, details: dict[str, Any],
+               results: list[StreamResult], reference_problems: list[str] | None) -> CheckOutcome:
+    """No golden yet: the reference decides; without one nothing can be said."""
+    details["golden_missing"] = True
+    if reference_problems is None:
+        return CheckOutcome(False, f"no golden outputs for {model_id} on {backend} at {path} and "
+                                   "no reference check ran (--reference off): nothing to compare "
+                                   "with; record them with --update-golden on a trusted build",
+                            details, results, skipped=True)
+    if reference_problems:
+        return CheckOutcome(False, "no golden outputs yet, and the output disagrees with the "
+                                   "reference implementation: " + "; ".join(reference_problems),
+                            details, results)
+    return CheckOutcome(True, f"no golden outputs for {model_id} on {backend} at {path} yet; the "
+                              "output agrees with the reference implementation (record a "
+                              "per-hardware regression baseline with --update-golden)",
+                        details, results)
 
 
 def _compare_golden(golden: Golden, current: Golden, path: Path,
@@ -539,3 +564,50 @@ def _compare_golden(golden: Golden, current: Golden, path: Path,
     return False, (f"expected the golden outputs of {path} (recorded {golden.recorded_at}), got: "
                    + "; ".join(problems) + "." + binary
                    + " If the change is intended, re-record with --update-golden.")
+
+
+# -- the reference implementation --------------------------------------------------------------
+
+def is_greedy(res: StreamResult) -> bool:
+    """Temperature 0: the only streams a reference can judge (a sampler's RNG is the worker's)."""
+    return (res.request_json or {}).get("temperature") == 0
+
+
+def check_reference(runner: Any, results: Iterable[StreamResult]) -> CheckOutcome:
+    """Every greedy stream agrees with the reference implementation (`agreement`).
+
+    A failed request cannot be compared and fails here too; sampled streams are judged
+    by repeatability in (c), not here. `details["comparisons"]` holds, per stream, the
+    worker's and the reference's text side by side, the first difference and the
+    largest logit gap; `details["reference"]` who judged.
+    """
+    greedy = [r for r in results if is_greedy(r)]
+    details: dict[str, Any] = {"reference": runner.identity, "comparisons": {},
+                               "streams_judged": len(greedy)}
+    if not greedy:
+        return CheckOutcome(False, "no greedy streams to compare with the reference", details)
+    problems: list[str] = []
+    gaps: list[float] = []
+    for n, res in enumerate(greedy, 1):
+        label = f"job {res.job_id or n}"
+        why = stream_failure(res)
+        if why is not None:
+            problems.append(f"{label}: cannot compare a failed request: {why}")
+            continue
+        verdict = runner.compare(res, label)
+        details["comparisons"][res.job_id or f"stream {n}"] = {
+            "ok": verdict.ok, "message": verdict.message,
+            **{k: verdict.details.get(k) for k in ("prompt", "side_by_side", "first_difference",
+                                                   "max_gap", "worker_text", "reference_text")}}
+        gaps.append(float(verdict.details.get("max_gap") or 0.0))
+        if not verdict.ok:
+            problems.append(verdict.message)
+    details["max_gap"] = max(gaps, default=0.0)
+    who = runner.ref.identity.label()
+    if problems:
+        shown = "\n".join(problems[:_MAX_QUOTED])
+        return CheckOutcome(False, f"{len(problems)} of {len(greedy)} greedy streams disagree "
+                                   f"with the reference ({who}):\n{shown}", details, greedy)
+    return CheckOutcome(True, f"all {len(greedy)} greedy streams agree with the reference ({who}; "
+                              f"largest gap {details['max_gap']:.3f}, delta {runner.delta})",
+                        details, greedy)
