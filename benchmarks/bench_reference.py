@@ -79,9 +79,9 @@ def spread(refs: dict[str, TransformersReference], n: int) -> list[dict]:
                 logits = r.logits(prompt_ids + toks)
                 gaps, ranks = [], []
                 for i, t in enumerate(toks):
-                    _, gap, rank = judge(logits[len(prompt_ids) - 1 + i], t)
-                    gaps.append(gap)
-                    ranks.append(rank)
+                    step = judge(logits[len(prompt_ids) - 1 + i], t)
+                    gaps.append(step.sigma_gap)
+                    ranks.append(step.rank)
                 rows.append({"prompt": name, "tokens_of": tok_dt, "judged_by": judge_dt,
                              "max_gap": max(gaps), "max_rank": max(ranks),
                              "differing": sum(1 for g in gaps if g > 0)})
@@ -124,8 +124,9 @@ def render(spreads: dict[str, list[dict]], costs: list[dict], started: str) -> s
              f"Written by `benchmarks/bench_reference.py` on {started}; "
              f"{platform.machine()}, {platform.python_version()}, 2 shared cores.", "",
              "## Precision spread (defaults for --reference-delta and --reference-top-k)", "",
-             "Largest logit gap (and 1-based rank) of one dtype's greedy tokens under another "
-             "dtype's logits, teacher-forced, over the gate prompts, "
+             "Largest logit gap, in standard deviations of the judging run's logits (sigma), "
+             "and 1-based rank of one dtype's greedy tokens under another dtype's logits, "
+             "teacher-forced, over the gate prompts, "
              f"{GATE_MAX_TOKENS} tokens each.", "",
              "| model | tokens of | judged by | max gap | max rank | positions off top-1 |",
              "| --- | --- | --- | --- | --- | --- |"]

@@ -10,9 +10,11 @@ the reference's next token is the worker's EOS id. The reference's own greedy te
 shown beside the worker's, cached in the pool root by model files, prompt, max_tokens
 and the reference's identity.
 
-Defaults for `delta` and `k` are measured in `benchmarks/RESULTS.md` (reference issue):
-the largest gap the same reference shows between its float32, float16 and bfloat16
-runs on the gate prompts, with a margin.
+`delta` is a logit gap in units of the standard deviation of the reference's logits at
+that position ("sigma"): logit scales differ several-fold between models, so one number
+must mean the same on each. Defaults for `delta` and `k` are measured in
+`benchmarks/RESULTS_reference.md`: the largest gap the float32 reference shows against
+its own bfloat16 and float16 runs on the gate prompts, with a margin.
 """
 
 from __future__ import annotations
@@ -25,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from llorch_harness.fsutil import atomic_write_text
+from llorch_harness.referencecfg import DEFAULT_DELTA, DEFAULT_TOP_K
 from llorch_harness.tokenalign import Aligner, Alignment, Step, judge, token_bytes
 from llorch_harness.workerclient import StreamResult
 
-DEFAULT_DELTA = 0.5
-DEFAULT_TOP_K = 5
 _TEXT_SHOWN = 200
 
 
@@ -124,13 +125,14 @@ class ReferenceRunner:
         if problem:
             return Agreement(False, problem, label, details)
         return Agreement(True, f"{label}: {len(alignment.ids)} tokens agree with the reference "
-                               f"(largest gap {alignment.max_gap:.3f}, delta {self.delta})",
-                         label, details)
+                               f"(largest gap {alignment.max_gap:.3f} sigma, delta "
+                               f"{self.delta} sigma)", label, details)
 
     def _describe(self, step: Step) -> str:
         return (f"expected {self.token_text(step.top1_id)!r} (id {step.top1_id}), got "
                 f"{self.token_text(step.token_id)!r} (id {step.token_id}), gap "
-                f"{step.gap:.3f} (delta {self.delta}), rank {step.rank + 1} (k {self.k})")
+                f"{step.sigma_gap:.3f} sigma = {step.gap:.3f} logits (delta {self.delta} sigma), "
+                f"rank {step.rank + 1} (k {self.k})")
 
     def _token_problem(self, alignment: Alignment, label: str, prompt: str) -> str | None:
         step = alignment.failure
@@ -160,11 +162,10 @@ class ReferenceRunner:
         if eos is None:
             return (f"{label}: the worker stopped after {n} of max_tokens={max_tokens} tokens, "
                     f"but this vocabulary has no EOS id it could have sampled; text {text!r}")
-        row = self.ref.logits(prompt_ids + alignment.ids)[-1]
-        top1, gap, rank = judge(row, eos)
-        if gap <= self.delta and rank < self.k:
+        step = judge(self.ref.logits(prompt_ids + alignment.ids)[-1], eos)
+        step.position = n
+        if step.sigma_gap <= self.delta and step.rank < self.k:
             return None
-        step = Step(n, eos, top1, gap, rank)
         return (f"{label}: the worker stopped (EOS) after {n} of max_tokens={max_tokens} tokens "
                 f"where the reference continues: {self._describe(step)}; text so far {text!r}")
 

@@ -26,8 +26,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from llorch_harness.errors import HarnessError
+from llorch_harness.referencecfg import REFERENCE_CHOICES
 
-REFERENCE_CHOICES = ("auto", "transformers", "numpy", "off")
 QWEN_EOS_FALLBACK = 151643  # llorch-candled: the id of "</s>" if the tokenizer has it, else this
 _NUMPY_ARCHITECTURES = frozenset({"qwen2"})
 _DTYPES = ("float32", "float16", "bfloat16")

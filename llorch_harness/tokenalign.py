@@ -66,8 +66,9 @@ class Step:
     position: int  # 0-based index among generated tokens
     token_id: int
     top1_id: int
-    gap: float  # logit(top1) - logit(token); 0 when the token is the top-1
+    gap: float  # logit(top1) - logit(token), in logits; 0 when the token is the top-1
     rank: int  # 0 = top-1
+    sigma_gap: float = 0.0  # the same gap in units of the row's standard deviation
 
 
 @dataclass
@@ -86,21 +87,28 @@ class Alignment:
 
     @property
     def max_gap(self) -> float:
-        return max((s.gap for s in self.steps), default=0.0)
+        """The largest gap, in standard deviations of the reference's logits."""
+        return max((s.sigma_gap for s in self.steps), default=0.0)
 
 
-def judge(row: np.ndarray, token_id: int) -> tuple[int, float, int]:
-    """(top-1 id, gap of `token_id` below it, rank of `token_id`) for one row of logits."""
+def judge(row: np.ndarray, token_id: int) -> Step:
+    """Where `token_id` stands in one row of logits (position left 0 for the caller).
+
+    The gap is also given in units of the row's standard deviation: logit scales differ
+    by model (a random tiny model's spread is several times a trained one's), so the
+    margin `delta` is set in those units and means the same on every model.
+    """
     top1 = int(np.argmax(row))
     value = float(row[token_id])
     gap = float(row[top1]) - value
     rank = int(np.count_nonzero(row > value))
-    return top1, gap, rank
+    spread = float(np.std(row))
+    return Step(0, token_id, top1, gap, rank, gap / spread if spread > 0 else 0.0)
 
 
 def _acceptable(row: np.ndarray, token_id: int, delta: float, k: int) -> bool:
-    _, gap, rank = judge(row, token_id)
-    return gap <= delta and rank < k
+    step = judge(row, token_id)
+    return step.sigma_gap <= delta and step.rank < k
 
 
 class Aligner:
@@ -191,15 +199,16 @@ class Aligner:
         return out
 
     def _take(self, out: Alignment, ids: list[int], row: np.ndarray, tok: int) -> None:
-        top1, gap, rank = judge(row, tok)
-        out.steps.append(Step(len(ids), tok, top1, gap, rank))
+        step = judge(row, tok)
+        step.position = len(ids)
+        out.steps.append(step)
         ids.append(tok)
 
     def _fail(self, out: Alignment, ids: list[int], row: np.ndarray, tok: int | None,
               rest: bytes) -> None:
         got = tok if tok is not None else self._first_token(rest, row)
-        top1, gap, rank = judge(row, got)
-        out.failure = Step(len(ids), got, top1, gap, rank)
+        out.failure = judge(row, got)
+        out.failure.position = len(ids)
         out.failure_text = rest[:40].decode("utf-8", "replace")
 
     def _first_token(self, rest: bytes, row: np.ndarray) -> int:

@@ -126,7 +126,7 @@ def test_near_tie_within_delta_passes_beyond_fails(numpy_ref: NumpyReference) ->
     assert near.compare(stream(PROMPT, [text], 3, 3), "tie").ok
     far = ReferenceRunner(ScriptedRef(numpy_ref, prefer(2.0)), delta=0.5, k=5)
     verdict = far.compare(stream(PROMPT, [text], 3, 3), "tie")
-    assert not verdict.ok and "gap 2.000" in verdict.message
+    assert not verdict.ok and "gap" in verdict.message
     # inside delta but not in the top k: fails on rank
     crowded = ReferenceRunner(ScriptedRef(numpy_ref, lambda ids: [
         (a, 10.0), (42, 10.0), (43, 10.0), (b, 9.9)]), delta=0.5, k=2)
