@@ -1,7 +1,9 @@
-"""The numpy Qwen2 engine of the reference worker: cache, sampling, text, errors, faults."""
+"""The numpy Qwen2 engine of the reference worker: cache, sampling, text, errors, faults,
+the candle-style position override and the CP3 generation loop (refworker/inference.py)."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -9,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 from llorch_harness.errors import HarnessError
 from llorch_harness.refworker.engine import (
+    QWEN_EOS_TOKEN_ID,
     BroadcastError,
     ContextOverflowError,
     Engine,
@@ -19,7 +23,15 @@ from llorch_harness.refworker.engine import (
     ModelLoadError,
     _Detokenizer,
 )
-from llorch_harness.refworker.qwen2 import bf16_bits_to_f32
+from llorch_harness.refworker.faults import parse_faults
+from llorch_harness.refworker.inference import (
+    FORWARD_FAILED,
+    CandledBackend,
+    InferenceFailed,
+    SamplingConfig,
+)
+from llorch_harness.refworker.logs import JsonLogger
+from llorch_harness.refworker.qwen2 import CandleError, bf16_bits_to_f32
 from llorch_harness.refworker.sampling import (
     apply_repetition_penalty,
     make_rng,
@@ -310,3 +322,192 @@ def test_reuse_cache_without_previous_request_is_fresh(tiny: Path) -> None:
         engine.generate(PROMPT, GREEDY, reuse_cache=True).token_ids
         == engine.generate(PROMPT, GREEDY).token_ids
     )
+
+
+# -- candle's forward(input, seqlen_offset): the position override ----------------------
+
+
+def test_explicit_position_at_cache_end_is_the_default_path(engine: Engine) -> None:
+    ids = engine.encode(PROMPT)
+    a, b = engine.model.new_cache(), engine.model.new_cache()
+    la = [engine.model.forward(ids, a, all_logits=True), engine.model.forward([ids[0]], a)]
+    lb = [engine.model.forward(ids, b, all_logits=True, position=0),
+          engine.model.forward([ids[0]], b, position=len(ids))]
+    for x, y in zip(la, lb, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert a.lengths == b.lengths == [len(ids) + 1] * engine.config.num_hidden_layers
+
+
+def test_prompt_at_zero_on_a_filled_cache_fails_after_layer_0_appends(engine: Engine) -> None:
+    cache = engine.model.new_cache()
+    engine.model.forward(engine.encode("Hello"), cache, position=0)
+    n_warm = cache.length
+    ids = engine.encode(PROMPT)
+    for attempt in (1, 2):  # the failure repeats: layer 0 keeps growing
+        with pytest.raises(CandleError) as info:
+            engine.model.forward(ids, cache, position=0)
+        heads = engine.config.num_attention_heads
+        m = len(ids)
+        total = n_warm + attempt * m
+        assert str(info.value) == (f"shape mismatch in broadcast_add, lhs: [1, {heads}, {m}, "
+                                   f"{total}], rhs: [1, 1, {m}, {m}]")
+        assert cache.lengths == [total, n_warm]
+
+
+def test_single_token_runs_on_a_polluted_cache_and_differs(engine: Engine) -> None:
+    tok = engine.encode("Hello")[:1]
+    fresh = engine.model.forward(tok, engine.model.new_cache(), position=0)
+    cache = engine.model.new_cache()
+    engine.model.forward(engine.encode(PROMPT), cache, position=0)
+    polluted = engine.model.forward(tok, cache, position=0)
+    assert not np.array_equal(fresh, polluted)
+
+
+def test_position_beyond_the_context_is_a_candle_error(engine: Engine) -> None:
+    with pytest.raises(CandleError, match="narrow"):
+        engine.model.forward([1, 2], engine.model.new_cache(), position=engine.max_context - 1)
+
+
+def test_decode_position_override_changes_logits(engine: Engine) -> None:
+    ids = engine.encode(PROMPT)
+    a, b = engine.model.new_cache(), engine.model.new_cache()
+    engine.model.forward(ids, a, position=0)
+    engine.model.forward(ids, b, position=0)
+    right = engine.model.forward([ids[-1]], a, position=len(ids))
+    wrong = engine.model.forward([ids[-1]], b, position=1)
+    assert not np.array_equal(right, wrong)
+    assert a.lengths == b.lengths  # keys are appended at the end either way
+
+
+# -- the CP3 generation loop (refworker/inference.py) -------------------------------------
+
+
+def backend_for(engine: Engine, faults: str = "") -> tuple[CandledBackend, io.StringIO]:
+    out = io.StringIO()
+    return CandledBackend(engine, JsonLogger(out), parse_faults(faults)), out
+
+
+def records(out: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def cfg(max_tokens: int = 24, **kw: object) -> SamplingConfig:
+    return SamplingConfig(max_tokens=max_tokens, temperature=0.0, **kw)  # type: ignore[arg-type]
+
+
+def test_candled_eos_is_one_id(engine: Engine, tiny: Path, tmp_path: Path) -> None:
+    assert engine.candled_eos_id == QWEN_EOS_TOKEN_ID == 151643  # no "</s>" in the tokenizer
+    assert engine.candled_eos_id not in engine.eos_token_ids
+    d = shutil.copytree(tiny, tmp_path / "m")
+    tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    tok.add_special_tokens(["</s>"])
+    tok.save(str(d / "tokenizer.json"))
+    with_s = Engine.load(d)
+    assert with_s.candled_eos_id == with_s.tokenizer.token_to_id("</s>")
+
+
+def test_healthy_loop_matches_the_engine_and_cuts_pieces(engine: Engine) -> None:
+    backend, out = backend_for(engine)
+    res = backend.execute(PROMPT, cfg(32))
+    legacy = engine.generate(PROMPT, GenerationParams(max_tokens=32, temperature=0.0))
+    assert res.token_ids[: len(legacy.token_ids)] == legacy.token_ids
+    assert "".join(res.pieces) == engine.tokenizer.decode(res.token_ids)
+    assert len(res.pieces) <= len(res.token_ids)
+    assert res.prompt_tokens == len(engine.encode(PROMPT))
+    again = backend.execute(PROMPT, cfg(32))
+    assert again.token_ids == res.token_ids  # the cache really is reset
+
+
+def test_loop_logs_as_inference_rs(engine: Engine) -> None:
+    backend, out = backend_for(engine)
+    res = backend.execute(PROMPT, cfg(20))
+    recs = records(out)
+    narr = [(r["fields"]["actor"], r["fields"]["action"]) for r in recs
+            if "message" not in r["fields"]]
+    assert narr == [("candle-backend", "inference_start"), ("tokenizer", "tokenize"),
+                    ("candle-backend", "cache_reset"), ("candle-backend", "token_generate"),
+                    ("candle-backend", "token_generate"), ("candle-backend", "inference_complete")]
+    assert recs[0]["fields"]["human"] == (
+        f"Starting inference (prompt: {len(PROMPT)} chars, max_tokens: 20, temp: 0)")
+    assert recs[2]["fields"]["human"] == "Reset KV cache before inference to clear warmup pollution"
+    done = next(r for r in recs if r["fields"].get("message") == "Inference completed")
+    assert list(done["fields"]) == ["message", "tokens_generated", "duration_ms", "tokens_per_sec"]
+    assert done["fields"]["tokens_generated"] == len(res.token_ids) == 20
+    assert done["fields"]["duration_ms"] == res.decode_time_ms
+    assert isinstance(done["fields"]["tokens_per_sec"], int)
+    assert not any(r["level"] == "WARN" for r in recs)
+
+
+def test_eos_stops_and_is_neither_sent_nor_counted(engine: Engine) -> None:
+    backend, _ = backend_for(engine)
+    full = backend.execute(PROMPT, cfg(24))
+    backend.eos_id = full.token_ids[5]
+    cut = backend.execute(PROMPT, cfg(24))
+    first = full.token_ids.index(full.token_ids[5])
+    assert cut.token_ids == full.token_ids[:first]
+    assert "".join(cut.pieces) == engine.tokenizer.decode(cut.token_ids)
+
+
+def test_stop_min_p_and_repetition_penalty_have_no_effect(engine: Engine) -> None:
+    backend, _ = backend_for(engine)
+    plain = backend.execute(PROMPT, SamplingConfig(max_tokens=16, temperature=0.9, seed=3))
+    knobs = backend.execute(PROMPT, SamplingConfig(
+        max_tokens=16, temperature=0.9, seed=3, stop_strings=(plain.pieces[1],), min_p=0.9,
+        repetition_penalty=2.0))
+    assert knobs.token_ids == plain.token_ids and len(plain.token_ids) == 16
+
+
+def test_forward_failure_text_hides_candle(engine: Engine) -> None:
+    backend, out = backend_for(engine)
+    long_prompt = "one two three four five six seven eight nine ten " * 60
+    with pytest.raises(InferenceFailed) as info:
+        backend.execute(long_prompt, cfg(4))
+    assert str(info.value) == FORWARD_FAILED == "Forward pass failed: Qwen forward pass failed"
+    assert isinstance(info.value.__cause__, CandleError)
+    assert "narrow" not in out.getvalue() and "Inference completed" not in out.getvalue()
+
+
+def test_qwen_cache_bug_fails_every_multi_token_prompt_after_the_first(engine: Engine) -> None:
+    backend, out = backend_for(engine, "qwen_cache_bug")
+    first = backend.execute(PROMPT, cfg(8))
+    healthy, _ = backend_for(engine)
+    assert first.token_ids == healthy.execute(PROMPT, cfg(8)).token_ids
+    for _ in range(2):
+        with pytest.raises(InferenceFailed) as info:
+            backend.execute(PROMPT, cfg(8))
+        assert str(info.value) == FORWARD_FAILED
+        assert "broadcast_add" in str(info.value.__cause__)
+    lengths = backend.cache.lengths
+    assert lengths[0] > lengths[1]  # layer 0 appended before each failing add
+    one = engine.encode("Hello")[:1]
+    single = backend.execute(engine.tokenizer.decode(one), cfg(8))  # runs, on the polluted cache
+    assert single.token_ids != healthy.execute(engine.tokenizer.decode(one), cfg(8)).token_ids
+    text = out.getvalue()
+    assert text.count('"Cache reset not implemented for Qwen"') == 4
+    assert text.count("Reset KV cache before inference") == 4
+    assert "broadcast_add" not in text and "shape mismatch" not in text
+
+
+def test_qwen_cache_bug_after_warmup_fails_from_the_first_request(engine: Engine) -> None:
+    backend, out = backend_for(engine, "qwen_cache_bug")
+    assert backend.warmup() == len(engine.encode("Hello"))
+    with pytest.raises(InferenceFailed, match="^Forward pass failed: Qwen forward pass failed$"):
+        backend.execute(PROMPT, cfg(4))
+    msgs = [r["fields"].get("message") for r in records(out)]
+    assert msgs[:2] == ["Starting GPU warmup...", None]
+    assert "GPU warmup complete (cache will be reset before inference)" in msgs
+    healthy, _ = backend_for(engine)
+    healthy.warmup()
+    assert healthy.execute(PROMPT, cfg(4)).token_ids  # a real reset clears the warm-up
+
+
+def test_decode_positions_bug_is_deterministic_but_wrong(engine: Engine) -> None:
+    healthy, _ = backend_for(engine)
+    buggy, _ = backend_for(engine, "decode_positions")
+    right = healthy.execute(PROMPT, cfg(24)).token_ids
+    wrong = [buggy.execute(PROMPT, cfg(24)).token_ids for _ in range(2)]
+    assert wrong[0] == wrong[1]
+    assert wrong[0][0] == right[0]  # the prompt pass is the same ...
+    assert wrong[0] != right  # ... the decode steps are not
+    one = engine.tokenizer.decode(engine.encode("Hello")[:1])
+    assert buggy.execute(one, cfg(12)).token_ids == healthy.execute(one, cfg(12)).token_ids

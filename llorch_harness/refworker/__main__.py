@@ -1,10 +1,11 @@
-"""`llorch-ref-candled`: the reference CPU worker, started like `llorch-cpu-candled`.
+"""`llorch-ref-candled`: the reference worker, started like `llorch-{cpu,cuda,metal}-candled`.
 
 Why a hand-made parser instead of argparse's defaults: the harness checks the real binary's
-clap behaviour (unknown flag such as `--backend` or `--cuda-device` → exit 2 and a clap-style
-usage error), and the reference worker must fail the same way. Start-up order follows the
-real worker: load model and tokenizer, ready callback, then bind (so the callback arrives
-before the port accepts connections).
+clap behaviour (unknown flag such as `--backend` or, on cpu, `--cuda-device` → exit 2 and a
+clap-style usage error), and the reference worker must fail the same way. The persona
+(`LLORCH_REF_BACKEND`, persona.py) decides which device flag exists. Start-up itself is in
+startup.py. Nothing heavy is imported before `main()` has put SIGINT back to its default
+action, so a Ctrl-C during start-up kills the process at once, as it does the Rust binary.
 """
 
 from __future__ import annotations
@@ -12,22 +13,27 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from .. import __version__ as _pkg_version
-from ..localhttp import local_client
 from .faults import ENV_VAR, Faults, FaultSpecError, parse_faults
-from .logs import JsonLogger
+from .persona import (
+    BACKEND_ENV,
+    PERSONAS,
+    WIRE_CP3,
+    WIRE_ENV,
+    Persona,
+    SettingError,
+    WorkerArgs,
+    persona_from_env,
+    wire_from_env,
+)
 
 PROG = "llorch-ref-candled"
-TEST_MODE_CALLBACK = "localhost:9999"
-CALLBACK_TIMEOUT_S = 30.0
+CPU = PERSONAS["cpu"]
+__all__ = ["CliExit", "WorkerArgs", "main", "parse_args"]
+CP3_ONLY_FAULTS = ("qwen_cache_bug", "decode_positions")
 
 # (flag, value name, required)
 _OPTIONS: tuple[tuple[str, str, bool], ...] = (
@@ -37,24 +43,35 @@ _OPTIONS: tuple[tuple[str, str, bool], ...] = (
     ("--callback-url", "CALLBACK_URL", True),
     ("--host", "HOST", False),
 )
-USAGE = (
-    f"Usage: {PROG} [OPTIONS] --worker-id <WORKER_ID> --model <MODEL> --port <PORT> "
-    "--callback-url <CALLBACK_URL>"
-)
-HELP = f"""Reference CPU worker speaking the llorch-candled contract (numpy inference)
 
-{USAGE}
+
+def usage(persona: Persona = CPU) -> str:
+    return (f"Usage: {persona.prog} [OPTIONS] --worker-id <WORKER_ID> --model <MODEL> "
+            "--port <PORT> --callback-url <CALLBACK_URL>")
+
+
+def help_text(persona: Persona = CPU) -> str:
+    device = ""
+    if persona.device_flag:
+        arg = f"{persona.device_flag} <{persona.device_value}>"
+        pad = " " * max(1, 31 - len(arg))
+        device = (f"      {arg}{pad}"
+                  f"{persona.backend.upper()} device ID [default: 0]\n")
+    return f"""Reference worker speaking the llorch-candled wire ({persona.backend} persona, numpy)
+
+{usage(persona)}
 
 Options:
       --worker-id <WORKER_ID>        Worker ID (UUID) assigned by pool-managerd
       --model <MODEL>                Model path (.safetensors file or directory)
       --port <PORT>                  HTTP server port
       --callback-url <CALLBACK_URL>  Pool manager callback URL
-      --host <HOST>                  Address to bind [default: 127.0.0.1]
+{device}      --host <HOST>                  Address to bind [default: 127.0.0.1]
   -h, --help                         Print help
   -V, --version                      Print version
 
-Test-only fault switches: ${ENV_VAR} (see docs/reference-worker.md).
+Test-only environment: ${ENV_VAR} (fault switches), ${BACKEND_ENV} (cpu|cuda|metal),
+${WIRE_ENV} (cp3|legacy); see docs/reference-worker.md.
 """
 
 
@@ -67,164 +84,115 @@ class CliExit(Exception):
         self.text = text
 
 
-@dataclass(frozen=True)
-class WorkerArgs:
-    worker_id: str
-    model: Path
-    port: int
-    callback_url: str
-    host: str = "127.0.0.1"
-
-
-def _usage_error(message: str, usage: bool = True) -> CliExit:
-    tail = f"\n\n{USAGE}" if usage else ""
+def _usage_error(message: str, persona: Persona, usage_line: bool = True) -> CliExit:
+    tail = f"\n\n{usage(persona)}" if usage_line else ""
     return CliExit(2, f"error: {message}{tail}\n\nFor more information, try '--help'.\n")
 
 
-def _check_port(raw: str) -> None:
-    """clap's u16 value parser: the value is checked as soon as it is read."""
+def _check_uint(flag: str, name: str, raw: str, limit: int | None, persona: Persona) -> None:
+    """clap's u16 / usize value parsers: the value is checked as soon as it is read."""
     if not raw.isascii() or not raw.isdigit():
-        raise _usage_error(f"invalid value '{raw}' for '--port <PORT>': "
-                           "invalid digit found in string", usage=False)
-    if int(raw) > 65535:
-        raise _usage_error(f"invalid value '{raw}' for '--port <PORT>': "
-                           f"{raw} is not in 0..=65535", usage=False)
+        raise _usage_error(f"invalid value '{raw}' for '{flag} <{name}>': "
+                           "invalid digit found in string", persona, usage_line=False)
+    if limit is not None and int(raw) > limit:
+        raise _usage_error(f"invalid value '{raw}' for '{flag} <{name}>': "
+                           f"{raw} is not in 0..={limit}", persona, usage_line=False)
 
 
-def parse_args(argv: Sequence[str]) -> WorkerArgs:
-    """clap-like parsing: `--flag value` or `--flag=value`, each flag once, unknown → exit 2."""
-    specs = {flag: (name, required) for flag, name, required in _OPTIONS}
+def _options(persona: Persona) -> tuple[tuple[str, str, bool], ...]:
+    if persona.device_flag and persona.device_value:
+        return (*_OPTIONS, (persona.device_flag, persona.device_value, False))
+    return _OPTIONS
+
+
+def _read_values(argv: Sequence[str], persona: Persona) -> dict[str, str]:
+    """`--flag value` or `--flag=value`, each flag once; unknown → exit 2."""
+    specs = {flag: name for flag, name, _ in _options(persona)}
     values: dict[str, str] = {}
     i = 0
     while i < len(argv):
         tok = argv[i]
         i += 1
         if tok in ("-h", "--help"):
-            raise CliExit(0, HELP)
+            raise CliExit(0, help_text(persona))
         if tok in ("-V", "--version"):
-            raise CliExit(0, f"{PROG} {_pkg_version}\n")
+            raise CliExit(0, f"{persona.prog} {_pkg_version}\n")
         flag, eq, inline = tok.partition("=") if tok.startswith("--") else (tok, "", "")
         if flag not in specs:
             raise _usage_error(f"unexpected argument '{flag if tok.startswith('-') else tok}' "
-                               "found")
-        name, _ = specs[flag]
+                               "found", persona)
+        name = specs[flag]
         if flag in values:
-            raise _usage_error(f"the argument '{flag} <{name}>' cannot be used multiple times")
+            raise _usage_error(f"the argument '{flag} <{name}>' cannot be used multiple times",
+                               persona)
         if eq:
             value = inline
         elif i < len(argv) and not argv[i].startswith("--"):
             value = argv[i]
             i += 1
         else:
-            raise _usage_error(f"a value is required for '{flag} <{name}>' but none was supplied",
-                               usage=False)
+            raise _usage_error(f"a value is required for '{flag} <{name}>' but none was "
+                               "supplied", persona, usage_line=False)
         if flag == "--port":
-            _check_port(value)
+            _check_uint(flag, name, value, 65535, persona)
+        elif flag == persona.device_flag:
+            _check_uint(flag, name, value, None, persona)
         values[flag] = value
-    missing = [f"  {flag} <{name}>" for flag, name, req in _OPTIONS if req and flag not in values]
+    return values
+
+
+def parse_args(argv: Sequence[str], persona: Persona = CPU) -> WorkerArgs:
+    """clap-like parsing of the persona's command line."""
+    values = _read_values(argv, persona)
+    missing = [f"  {flag} <{name}>" for flag, name, req in _options(persona)
+               if req and flag not in values]
     if missing:
         raise _usage_error("the following required arguments were not provided:\n"
-                           + "\n".join(missing))
+                           + "\n".join(missing), persona)
+    device = int(values[persona.device_flag]) if persona.device_flag in values else 0
     return WorkerArgs(worker_id=values["--worker-id"], model=Path(values["--model"]),
-                      port=int(values["--port"]),
-                      callback_url=values["--callback-url"],
-                      host=values.get("--host", "127.0.0.1"))
+                      port=int(values["--port"]), callback_url=values["--callback-url"],
+                      host=values.get("--host", "127.0.0.1"), device=device)
 
 
-class StartupError(Exception):
-    """Start-up failed: printed as `Error: <message>` (anyhow style), exit status 1."""
+def _settings() -> tuple[Persona, str, Faults]:
+    """The test-only environment; a bad value raises SettingError or FaultSpecError."""
+    persona = persona_from_env(os.environ)
+    wire = wire_from_env(os.environ)
+    faults = parse_faults(os.environ.get(ENV_VAR))
+    if wire != WIRE_CP3:
+        wrong = [name for name in CP3_ONLY_FAULTS if getattr(faults, name)]
+        if wrong:
+            raise SettingError(f"fault '{wrong[0]}' needs {WIRE_ENV}={WIRE_CP3} (got '{wire}')")
+    return persona, wire, faults
 
 
-def send_ready_callback(args: WorkerArgs, log: JsonLogger, vram_bytes: int) -> None:
-    if TEST_MODE_CALLBACK in args.callback_url:
-        log.info("Test mode: skipping ready callback", callback_url=args.callback_url)
-        return
-    payload = {"worker_id": args.worker_id, "vram_bytes": vram_bytes,
-               "uri": f"http://localhost:{args.port}"}
-    try:
-        with local_client(CALLBACK_TIMEOUT_S) as client:
-            resp = client.post(args.callback_url, json=payload)
-    except httpx.HTTPError as err:
-        raise StartupError(f"Failed to send ready callback to {args.callback_url}: {err}") from err
-    if not resp.is_success:
-        raise StartupError(f"Ready callback failed with status {resp.status_code} "
-                           f"{resp.reason_phrase}".rstrip())
-    log.info("Callback sent", callback_url=args.callback_url, status=resp.status_code)
-
-
-def _sleep_forever() -> None:
-    while True:
-        time.sleep(3600)
-
-
-def run_worker(args: WorkerArgs, faults: Faults, log: JsonLogger) -> int:
-    from .engine import Engine  # heavy imports (numpy, tokenizers) after argument checks
-    from .server import VRAM_BYTES, InferenceService, ServerContext, WorkerHTTPServer
-
-    log.info("Starting llorch-candled worker", worker_id=args.worker_id, model=str(args.model),
-             port=args.port, backend="cpu")
-    if faults.active:
-        log.warn("Test-only fault switches active", faults=",".join(faults.active), env=ENV_VAR)
-    try:
-        engine = Engine.load(args.model)
-    except Exception as err:
-        raise StartupError(f"Failed to load model: {err}") from err
-    log.info("Model loaded successfully", model=engine.model_name, vocab_size=engine.vocab_size,
-             max_context=engine.max_context)
-    service = InferenceService(engine, faults, log)
-    if faults.warmup_pollution:
-        service.warm_up()
-    if faults.never_ready:
-        log.info("never_ready fault: no callback, no bind")
-        _sleep_forever()
-    if faults.slow_start > 0:
-        time.sleep(faults.slow_start)
-    send_ready_callback(args, log, VRAM_BYTES)
-
-    ctx = ServerContext(service=service, log=log, worker_id=args.worker_id,
-                        model_name=engine.model_name, faults=faults)
-    try:
-        server = WorkerHTTPServer(args.host, args.port, ctx)
-    except OSError as err:
-        raise StartupError(f"Failed to bind {args.host}:{args.port}: {err}") from err
-    stop: list[bool] = []  # a plain flag: a signal handler must not take locks
-    if not faults.ignore_signals:
-        signal.signal(signal.SIGINT, lambda _s, _f: stop.append(True))
-    serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                               name="http", daemon=True)
-    serving.start()
-    host, port = server.server_address[:2]
-    log.info("Server listening", addr=f"{host}:{port}", worker_id=args.worker_id)
-    while not stop:
-        time.sleep(0.01)  # short: a graceful stop should cost the harness milliseconds
-    log.info("Shutting down", worker_id=args.worker_id)
-    server.shutdown()
-    server.begin_close()
-    server.server_close()  # joins the in-flight request threads
-    log.info("Server stopped", worker_id=args.worker_id)
-    return 0
+def _default_sigint() -> None:
+    """Ctrl-C kills at once until the server listens (the Rust binary installs its handler
+    only after the bind). An inherited SIG_IGN stays ignored, as it does for Rust."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _default_sigint()
     try:
-        args = parse_args(list(sys.argv[1:] if argv is None else argv))
+        persona, wire, faults = _settings()
+    except (SettingError, FaultSpecError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    try:
+        args = parse_args(list(sys.argv[1:] if argv is None else argv), persona)
     except CliExit as done:
         (sys.stdout if done.code == 0 else sys.stderr).write(done.text)
         return done.code
-    try:
-        faults = parse_faults(os.environ.get(ENV_VAR))
-    except FaultSpecError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
     if faults.ignore_signals:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    else:
-        # Until the server listens, Ctrl-C kills the process outright (as the Rust binary).
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-    log = JsonLogger()
+    from .startup import StartupError, run_worker  # numpy, tokenizers, httpx: after the checks
+
     try:
-        return run_worker(args, faults, log)
+        return run_worker(args, persona, wire, faults)
     except StartupError as err:
         print(f"Error: {err}", file=sys.stderr, flush=True)
         return 1

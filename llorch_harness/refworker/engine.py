@@ -4,14 +4,19 @@ Why it exists: the harness needs a worker that behaves like llorch-candled on th
 but runs anywhere (CI, laptops) with real, deterministic inference. This module wires
 the numpy Qwen2 model (``qwen2.py``), the tokenizer and sampling (``sampling.py``).
 
-Decisions worth knowing:
+Two generation loops use it. The default wire (what llorch-candled at CP3 sends) is
+``inference.py``, a port of the worker's ``backend/inference.rs`` that drives the model
+step by step itself. ``Engine.generate`` below is the *legacy* wire's loop (env
+``LLORCH_REF_WIRE=legacy``) and the library entry point of benchmarks and oracle tests;
+its decisions:
 - Every ``generate()`` starts from a fresh KV cache. ``reuse_cache=True`` is a test hook
   for the fault switches: it keeps the previous cache, like llorch-candled's Qwen path
   that never resets it (a differing prompt length raises :class:`BroadcastError` with
   candle's text; an equal length silently drifts).
-- One piece per emitted token. A token whose bytes end in an incomplete UTF-8 sequence
-  yields ``""`` and its text appears in a later piece, so no piece holds broken UTF-8
-  and ``"".join(pieces) == tokenizer.decode(token_ids)``.
+- One piece per emitted token (``_Detokenizer``, legacy wire only; the default wire
+  cuts pieces with ``token_stream.TokenOutputStream``). A token whose bytes end in an
+  incomplete UTF-8 sequence yields ``""`` and its text appears in a later piece, so no
+  piece holds broken UTF-8 and ``"".join(pieces) == tokenizer.decode(token_ids)``.
 - Stop strings are matched on the generated text only; the pieces are kept up to and
   including the token that completed the stop string (no truncation).
 - EOS ends generation and is not emitted. A prompt of ``max_context`` tokens or more
@@ -42,6 +47,7 @@ from llorch_harness.refworker.qwen2 import (
 from llorch_harness.refworker.sampling import make_rng, select_token
 
 __all__ = [
+    "CANDLED_EOS_TOKEN",
     "QWEN_EOS_TOKEN_ID",
     "BroadcastError",
     "ContextOverflowError",
@@ -53,6 +59,8 @@ __all__ = [
 
 # llorch-candled hard-codes the Qwen end-of-sequence id.
 QWEN_EOS_TOKEN_ID = 151643
+# llorch-candled's EOS rule: the id of this token in tokenizer.json when present.
+CANDLED_EOS_TOKEN = "</s>"
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ class BroadcastError(RuntimeError):
 
 
 class _Detokenizer:
-    """Incremental decoding that never splits a UTF-8 character across pieces.
+    """Legacy wire: incremental decoding that never splits a UTF-8 character across pieces.
 
     Decodes a short window of recent ids and emits the new text only when the window
     no longer ends in U+FFFD (an incomplete byte sequence), the way TGI streams text.
@@ -187,6 +195,7 @@ class Engine:
         *,
         model_name: str,
         eos_token_ids: frozenset[int],
+        weight_files: tuple[Path, ...] = (),
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -195,6 +204,7 @@ class Engine:
         self.eos_token_ids = eos_token_ids
         self.max_context = model.config.max_position_embeddings
         self.vocab_size = model.config.vocab_size
+        self.weight_files = weight_files
         self._cache: KVCache | None = None
         self._last_prompt_len: int | None = None
 
@@ -236,7 +246,18 @@ class Engine:
         except ModelLoadError as exc:
             names = ", ".join(f.name for f in files)
             raise ModelLoadError(f"{exc.message} (in {names})") from exc
-        return cls(model, tokenizer, model_name=model_dir.name, eos_token_ids=eos_ids)
+        return cls(model, tokenizer, model_name=model_dir.name, eos_token_ids=eos_ids,
+                   weight_files=tuple(files))
+
+    @property
+    def candled_eos_id(self) -> int:
+        """llorch-candled's one EOS id: ``"</s>"`` in the tokenizer if present, else 151643.
+
+        Not ``eos_token_ids`` (config and generation_config): the real worker reads neither,
+        so with a Qwen tokenizer ``<|im_end|>`` (151645) never stops it.
+        """
+        eos = self.tokenizer.token_to_id(CANDLED_EOS_TOKEN)
+        return QWEN_EOS_TOKEN_ID if eos is None else int(eos)
 
     # -- inference ---------------------------------------------------------------------
 
@@ -269,14 +290,31 @@ class Engine:
     ) -> GenerationResult:
         """Prefill the prompt in one pass, then decode token by token with the KV cache."""
         prompt_ids = self.encode(prompt)
-        n_prompt = len(prompt_ids)
+        cache = self._cache_for(len(prompt_ids), params, reuse_cache)
+        t0 = time.perf_counter()
+        logits = self.model.forward(prompt_ids, cache)[-1]
+        t1 = time.perf_counter()
+        token_ids, pieces, stop_reason, matched = self._decode(prompt_ids, logits, cache, params)
+        t2 = time.perf_counter()
+        return GenerationResult(
+            token_ids=token_ids,
+            pieces=pieces,
+            stop_reason=stop_reason,
+            stop_sequence_matched=matched,
+            prompt_tokens=len(prompt_ids),
+            prefill_seconds=t1 - t0,
+            decode_seconds=t2 - t1,
+        )
+
+    def _cache_for(self, n_prompt: int, params: GenerationParams, reuse: bool) -> KVCache:
+        """A fresh cache, or (``reuse``) the previous request's, with the fault's errors."""
         if n_prompt == 0:
             raise ValueError("the prompt encodes to no tokens")
         if n_prompt >= self.max_context:
             raise ContextOverflowError(
                 f"prompt has {n_prompt} tokens; the model's context is {self.max_context}"
             )
-        if reuse_cache and self._cache is not None:
+        if reuse and self._cache is not None:
             cache = self._cache
             if self._last_prompt_len != n_prompt:
                 heads = self.config.num_attention_heads
@@ -294,11 +332,12 @@ class Engine:
             cache = self.model.new_cache(budget)
         self._cache = cache
         self._last_prompt_len = n_prompt
+        return cache
 
-        t0 = time.perf_counter()
-        logits = self.model.forward(prompt_ids, cache)[-1]
-        t1 = time.perf_counter()
-
+    def _decode(
+        self, prompt_ids: list[int], logits: np.ndarray, cache: KVCache, params: GenerationParams
+    ) -> tuple[list[int], list[str], str, str | None]:
+        """The legacy decode loop: token ids, one piece per id, stop reason, stop matched."""
         rng = make_rng(params.seed)
         seen = set(prompt_ids)
         detok = _Detokenizer(self.tokenizer)
@@ -309,13 +348,8 @@ class Engine:
         matched: str | None = None
         while len(token_ids) < params.max_tokens:
             tok = select_token(
-                logits,
-                temperature=params.temperature,
-                top_k=params.top_k,
-                top_p=params.top_p,
-                min_p=params.min_p,
-                repetition_penalty=params.repetition_penalty,
-                seen=seen,
+                logits, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                min_p=params.min_p, repetition_penalty=params.repetition_penalty, seen=seen,
                 rng=rng,
             )
             if tok in self.eos_token_ids:
@@ -338,16 +372,7 @@ class Engine:
         tail = detok.flush()
         if tail and pieces:
             pieces[-1] += tail
-        t2 = time.perf_counter()
-        return GenerationResult(
-            token_ids=token_ids,
-            pieces=pieces,
-            stop_reason=stop_reason,
-            stop_sequence_matched=matched,
-            prompt_tokens=n_prompt,
-            prefill_seconds=t1 - t0,
-            decode_seconds=t2 - t1,
-        )
+        return token_ids, pieces, stop_reason, matched
 
 
 def _first_stop(text: str, before: int, stops: tuple[str, ...]) -> str | None:

@@ -2,7 +2,8 @@
 the way real llorch-candled builds have misbehaved.
 
 Why: the harness's own tests must prove that its gate checks *fail* on a broken worker
-(broadcasting errors, silent drift, panics, hangs, signal-deaf processes). All switches are
+(broadcasting errors, silent drift, panics, hangs, signal-deaf processes), including the
+two bugs the real llorch-candled has at CP3 (`qwen_cache_bug`, `decode_positions`). All switches are
 off unless the variable is set; never set it for a real gate run.
 """
 
@@ -23,6 +24,8 @@ FLAG_NAMES: tuple[str, ...] = (
     "warmup_pollution",
     "nan",
     "stall",
+    "qwen_cache_bug",
+    "decode_positions",
 )
 VALUE_NAMES: tuple[str, ...] = ("slow_start", "slow_execute")
 
@@ -43,6 +46,11 @@ class Faults:
     warmup_pollution: bool = False
     nan: bool = False
     stall: bool = False
+    # The two CP3 bugs of llorch-candled's Qwen path (docs/reference-worker.md):
+    # the KV cache is never reset (prompts of 2+ tokens fail on a non-empty cache), and
+    # decode steps run at positions 1, 2, ... (the loop index) instead of prompt_len, ...
+    qwen_cache_bug: bool = False
+    decode_positions: bool = False
     slow_start: float = 0.0
     slow_execute: float = 0.0
 

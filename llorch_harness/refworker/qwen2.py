@@ -190,14 +190,36 @@ def load_weights(files: list[Path]) -> dict[str, np.ndarray]:
 # the model
 
 
+class CandleError(RuntimeError):
+    """A failure the candle Qwen2 forward pass would raise, with candle's own text.
+
+    Only reachable through ``forward(..., position=...)``; llorch-candled wraps it as
+    "Qwen forward pass failed" (the text stays in ``str(err)`` but is never shown there).
+    """
+
+
 class KVCache:
-    """Per-layer keys/values ``[n_kv, capacity, head_dim]``; grows by doubling."""
+    """Per-layer keys/values ``[n_kv, capacity, head_dim]``; grows by doubling.
+
+    Each layer has its own length (``lengths``) because candle's cache is per layer and a
+    failing candle forward pass leaves layer 0 longer than the others (see ``forward``).
+    ``length`` is what every layer holds on the ordinary path.
+    """
 
     def __init__(self, n_layers: int, n_kv: int, head_dim: int, capacity: int = 64) -> None:
-        self.length = 0
+        self.lengths = [0] * n_layers
         self._shape = (n_kv, head_dim)
         self.k = [np.zeros((n_kv, capacity, head_dim), np.float32) for _ in range(n_layers)]
         self.v = [np.zeros((n_kv, capacity, head_dim), np.float32) for _ in range(n_layers)]
+
+    @property
+    def length(self) -> int:
+        """Entries of the longest layer (all layers are equal unless a candle pass failed)."""
+        return max(self.lengths, default=0)
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self.lengths = [value] * len(self.lengths)
 
     @property
     def capacity(self) -> int:
@@ -212,7 +234,7 @@ class KVCache:
         for store in (self.k, self.v):
             for i, old in enumerate(store):
                 new = np.zeros((n_kv, cap, hd), np.float32)
-                new[:, : self.length] = old[:, : self.length]
+                new[:, : self.lengths[i]] = old[:, : self.lengths[i]]
                 store[i] = new
 
 
@@ -315,65 +337,107 @@ class Qwen2Model:
         return np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]  # [S, 1, hd]
 
     def forward(
-        self, token_ids: np.ndarray | list[int], cache: KVCache, *, all_logits: bool = False
+        self,
+        token_ids: np.ndarray | list[int],
+        cache: KVCache,
+        *,
+        all_logits: bool = False,
+        position: int | None = None,
     ) -> np.ndarray:
         """Run ``token_ids`` after what ``cache`` holds; return logits (last row or all rows).
 
-        Positions continue at ``cache.length``; the new keys/values are appended.
+        Default (``position=None``): positions continue at ``cache.length`` and the new
+        keys/values are appended. ``position=P`` is candle's ``forward(input, seqlen_offset)``:
+        RoPE at P, P+1, ...; keys appended at each layer's own end whatever P is; for more
+        than one token a causal mask ``[n, n + P]`` that must match the keys' length, else
+        :class:`CandleError` (after layer 0 has appended, as candle does); P + n beyond
+        ``max_position_embeddings`` is a :class:`CandleError` too. P = ``cache.length`` gives
+        the same numbers as the default path.
         """
-        c = self.config
-        ids = np.asarray(token_ids, dtype=np.int64)
+        ids = self._check_ids(token_ids)
         n = int(ids.shape[0])
-        if n == 0:
-            raise ValueError("forward() needs at least one token")
-        if ids.min() < 0 or ids.max() >= c.vocab_size:
-            raise ValueError(f"token id out of range 0..{c.vocab_size - 1}")
-        hd, n_h, n_kv = c.head_dim, c.num_attention_heads, c.num_key_value_heads
-        group = n_h // n_kv
-        p0 = cache.length
-        total = p0 + n
+        start = cache.length if position is None else int(position)
+        if position is not None and (start < 0 or start + n > self.config.max_position_embeddings):
+            raise CandleError(
+                f"narrow invalid args start + len > dim_len: [{self.config.max_position_embeddings}"
+                f", {self.config.head_dim // 2}], dim: 0, start: {start}, len:{n}"
+            )
         cache.reserve(n)
-        cos, sin = self._rope(p0, n)
-        scale = np.float32(hd**-0.5)
-        if n > 1:
-            # query i sits at absolute position p0 + i and may see keys 0..p0 + i
-            allowed = np.arange(total)[None, :] <= (p0 + np.arange(n))[:, None]
-            mask = np.where(allowed, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
-        else:
-            mask = None
-
+        cos, sin = self._rope(start, n)
+        # query i sits at absolute position start + i and may see keys 0..start + i
+        mask = self._causal_mask(start, n) if n > 1 else None
         x = self.embed[ids]  # [S, D]
-        q_end, k_end = n_h * hd, (n_h + n_kv) * hd
         for li, layer in enumerate(self.layers):
-            h = _rms_norm(x, layer.ln1, c.rms_norm_eps)
-            qkv = h @ layer.w_qkv.T + layer.b_qkv
-            q = qkv[:, :q_end].reshape(n, n_h, hd)
-            k = qkv[:, q_end:k_end].reshape(n, n_kv, hd)
-            v = qkv[:, k_end:].reshape(n, n_kv, hd)
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
-            cache.k[li][:, p0:total] = k.transpose(1, 0, 2)
-            cache.v[li][:, p0:total] = v.transpose(1, 0, 2)
-            keys = cache.k[li][:, :total]  # [KV, T, hd]
-            vals = cache.v[li][:, :total]
-            # head h uses kv head h // group (HF repeat_kv): group queries per kv head
-            qg = q.reshape(n, n_kv, group, hd).transpose(1, 2, 0, 3).reshape(n_kv, group * n, hd)
-            scores = (qg @ keys.transpose(0, 2, 1)) * scale  # [KV, G*S, T]
-            scores = scores.reshape(n_kv, group, n, total)
-            if mask is not None:
-                scores = scores + mask
-            scores = scores - scores.max(axis=-1, keepdims=True)
-            probs = np.exp(scores)
-            probs /= probs.sum(axis=-1, keepdims=True)
-            att = probs.reshape(n_kv, group * n, total) @ vals  # [KV, G*S, hd]
-            att = att.reshape(n_kv, group, n, hd).transpose(2, 0, 1, 3).reshape(n, n_h * hd)
-            x = x + att @ layer.w_o.T
-            h = _rms_norm(x, layer.ln2, c.rms_norm_eps)
-            gu = h @ layer.w_gate_up.T
-            inter = c.intermediate_size
-            x = x + (_silu(gu[:, :inter]) * gu[:, inter:]) @ layer.w_down.T
-        cache.length = total
+            x = self._block(li, layer, x, cos, sin, cache, mask)
+        if position is None:
+            cache.length = start + n
         if not all_logits:
             x = x[-1:]
-        x = _rms_norm(x, self.norm, c.rms_norm_eps)
+        x = _rms_norm(x, self.norm, self.config.rms_norm_eps)
         return (x @ self.lm_head.T).astype(np.float32, copy=False)
+
+    def _check_ids(self, token_ids: np.ndarray | list[int]) -> np.ndarray:
+        ids = np.asarray(token_ids, dtype=np.int64)
+        if int(ids.shape[0]) == 0:
+            raise ValueError("forward() needs at least one token")
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            raise ValueError(f"token id out of range 0..{self.config.vocab_size - 1}")
+        return ids
+
+    @staticmethod
+    def _causal_mask(start: int, n: int) -> np.ndarray:
+        """``[n, start + n]``: 0 where query i may see key j (j <= start + i), else -inf."""
+        allowed = np.arange(start + n)[None, :] <= (start + np.arange(n))[:, None]
+        return np.where(allowed, np.float32(0.0), np.float32(-np.inf)).astype(np.float32)
+
+    def _block(
+        self,
+        li: int,
+        layer: _Layer,
+        x: np.ndarray,
+        cos: np.ndarray,
+        sin: np.ndarray,
+        cache: KVCache,
+        mask: np.ndarray | None,
+    ) -> np.ndarray:
+        """One decoder layer: attention over this layer's cache, then the SwiGLU MLP."""
+        c = self.config
+        n = x.shape[0]
+        hd, n_h, n_kv = c.head_dim, c.num_attention_heads, c.num_key_value_heads
+        group = n_h // n_kv
+        q_end, k_end = n_h * hd, (n_h + n_kv) * hd
+        h = _rms_norm(x, layer.ln1, c.rms_norm_eps)
+        qkv = h @ layer.w_qkv.T + layer.b_qkv
+        q = qkv[:, :q_end].reshape(n, n_h, hd)
+        k = qkv[:, q_end:k_end].reshape(n, n_kv, hd)
+        v = qkv[:, k_end:].reshape(n, n_kv, hd)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        p0 = cache.lengths[li]
+        total = p0 + n
+        cache.k[li][:, p0:total] = k.transpose(1, 0, 2)
+        cache.v[li][:, p0:total] = v.transpose(1, 0, 2)
+        cache.lengths[li] = total
+        keys = cache.k[li][:, :total]  # [KV, T, hd]
+        vals = cache.v[li][:, :total]
+        # head h uses kv head h // group (HF repeat_kv): group queries per kv head
+        qg = q.reshape(n, n_kv, group, hd).transpose(1, 2, 0, 3).reshape(n_kv, group * n, hd)
+        scores = (qg @ keys.transpose(0, 2, 1)) * np.float32(hd**-0.5)  # [KV, G*S, T]
+        scores = scores.reshape(n_kv, group, n, total)
+        if mask is not None:
+            if mask.shape[-1] != total:
+                raise CandleError(
+                    f"shape mismatch in broadcast_add, lhs: [1, {n_h}, {n}, {total}], "
+                    f"rhs: [1, 1, {n}, {mask.shape[-1]}]"
+                )
+            scores = scores + mask
+        scores = scores - scores.max(axis=-1, keepdims=True)
+        probs = np.exp(scores)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        att = probs.reshape(n_kv, group * n, total) @ vals  # [KV, G*S, hd]
+        att = att.reshape(n_kv, group, n, hd).transpose(2, 0, 1, 3).reshape(n, n_h * hd)
+        x = x + att @ layer.w_o.T
+        h = _rms_norm(x, layer.ln2, c.rms_norm_eps)
+        gu = h @ layer.w_gate_up.T
+        inter = c.intermediate_size
+        return x + (_silu(gu[:, :inter]) * gu[:, inter:]) @ layer.w_down.T

@@ -1,9 +1,18 @@
 """The reference worker's HTTP side: `/health` and `/execute` exactly as llorch-candled answers.
 
-Why stdlib `http.server`: no new dependencies, real sockets, one thread per connection;
-requests to the model are still served one at a time (one lock), as the real worker does.
-The whole generation finishes before the first SSE event is written (as at CP3), and an
-inference failure is a 200 stream holding only an `error` event.
+Why stdlib `http.server`: no new dependencies, real sockets. The real worker runs on a
+single-threaded tokio runtime whose generation loop never yields, so **while a generation
+runs the whole process is frozen**: `/health`, new requests and SIGINT wait until it ends.
+Here one process-wide lock (`ServerContext.freeze`) is taken around the handling of every
+request, while the server stays threaded so that idle keep-alive connections (which hold no
+lock) never block anyone. The status line and headers of `/execute` are written after the
+generation ends, then every event at once.
+
+Request flow of `POST /execute` (axum + http/execute.rs): the `Json` extractor first
+(415 / 413 / 400 / 422, text/plain, nothing logged; jsonbody.py), then `validate_all`
+(400 JSON `{"errors": [...]}` and WARN "Validation failed" {job_id} plus a narration), then
+INFO "Inference request validated" {job_id} plus a narration, then the generation
+(service.py). `X-Correlation-ID` is echoed only when UUID-shaped, else a fresh UUIDv4.
 """
 
 from __future__ import annotations
@@ -14,25 +23,29 @@ import socket
 import socketserver
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .engine import Engine, GenerationParams, GenerationResult
+from . import narration
 from .faults import Faults
-from .logs import TARGET_BACKEND, TARGET_HTTP, JsonLogger
-from .validation import ExecuteRequest, validate_execute
+from .jsonbody import (
+    JSON_CONTENT_TYPE_MESSAGE,
+    JsonRejection,
+    extract_execute,
+    is_json_content_type,
+)
+from .logs import JsonLogger
+from .service import InferenceService
+from .validation import errors_body, validate_all
 
 MAX_BODY_BYTES = 2 * 1024 * 1024  # axum's default body limit
-VRAM_BYTES = 0  # a CPU worker holds no device memory
-WARMUP_PROMPT = "Hello"
 PANIC_LOCATION = "src/http/execute.rs:142:9"
 ROUTES: dict[str, tuple[str, ...]] = {"/health": ("GET", "HEAD"), "/execute": ("POST",)}
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def panic(message: str, location: str = PANIC_LOCATION) -> None:
@@ -52,79 +65,12 @@ def panic(message: str, location: str = PANIC_LOCATION) -> None:
     os._exit(101)
 
 
-class InferenceService:
-    """Runs one request at a time and decides, per the fault switches, whether the request
-    runs on a fresh KV cache or on the one an earlier pass left behind."""
-
-    def __init__(self, engine: Engine, faults: Faults, log: JsonLogger) -> None:
-        self.engine = engine
-        self.faults = faults
-        self.log = log
-        self.lock = threading.Lock()
-        self._last_prompt_len: int | None = None
-        self._polluted_by_warmup = False
-        self._never = threading.Event()
-
-    def warm_up(self) -> None:
-        """The cuda/metal warm-up pass over "Hello" whose KV cache is never reset."""
-        with self.lock:
-            result = self.engine.generate(
-                WARMUP_PROMPT, GenerationParams(max_tokens=1, temperature=0.0)
-            )
-            self._last_prompt_len = result.prompt_tokens
-            self._polluted_by_warmup = True
-        self.log.info("Warm-up pass complete", target=TARGET_BACKEND, prompt=WARMUP_PROMPT)
-
-    def _reuse_cache(self, prompt: str) -> bool:
-        f = self.faults
-        if self._polluted_by_warmup or (f.broadcast and f.drift):
-            return True
-        if not (f.broadcast or f.drift) or self._last_prompt_len is None:
-            return False
-        same_len = len(self.engine.encode(prompt)) == self._last_prompt_len
-        return same_len if f.drift else not same_len
-
-    def run(self, req: ExecuteRequest) -> GenerationResult:
-        params = GenerationParams(
-            max_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
-            top_k=req.top_k, min_p=req.min_p, repetition_penalty=req.repetition_penalty,
-            seed=req.seed, stop=req.stop,
-        )
-        with self.lock:
-            if self.faults.stall:
-                self.log.info("stall fault: request accepted, never answered",
-                              target=TARGET_BACKEND, job_id=req.job_id)
-                self._never.wait()
-            if self.faults.slow_execute > 0:
-                time.sleep(self.faults.slow_execute)  # a generation that takes its time
-            reuse = self._reuse_cache(req.prompt)
-            self._polluted_by_warmup = False
-            result = self.engine.generate(req.prompt, params, reuse_cache=reuse)
-            self._last_prompt_len = result.prompt_tokens
-            if self.faults.nan:
-                self.log.warn("NaN detected in logits; sampling continued", target=TARGET_BACKEND,
-                              job_id=req.job_id)
-            return result
-
-
-def sse_events(req: ExecuteRequest, model: str, result: GenerationResult,
-               started_at: str) -> list[dict[str, Any]]:
-    """The success stream: started, tokens, metrics, end."""
-    events: list[dict[str, Any]] = [
-        {"type": "started", "job_id": req.job_id, "model": model, "started_at": started_at}
-    ]
-    events += [{"type": "token", "t": t, "i": i} for i, t in enumerate(result.pieces)]
-    n = len(result.pieces)
-    decode = result.decode_seconds
-    events.append({"type": "metrics", "tokens_per_sec": round(n / decode, 3) if decode > 0 else 0.0,
-                   "vram_bytes": VRAM_BYTES})
-    end: dict[str, Any] = {"type": "end", "tokens_out": n,
-                           "decode_time_ms": int(round(decode * 1000)),
-                           "stop_reason": result.stop_reason}
-    if result.stop_reason == "stop_sequence":
-        end["stop_sequence_matched"] = result.stop_sequence_matched
-    events.append(end)
-    return events
+def is_uuid_shaped(value: str | None) -> bool:
+    """narration-core's `validate_correlation_id`: 36 chars, hyphens at 8/13/18/23, hex."""
+    if value is None or len(value) != 36:
+        return False
+    return all((ch == "-") if i in (8, 13, 18, 23) else (ch in _HEX)
+               for i, ch in enumerate(value))
 
 
 @dataclass
@@ -136,9 +82,10 @@ class ServerContext:
     worker_id: str
     model_name: str
     faults: Faults
+    vram_bytes: int = 0  # what /health reports (`vram_usage()`)
+    freeze: threading.Lock = field(default_factory=threading.Lock)
     on_panic: Callable[[str], None] = panic
     executes_done: int = 0
-    count_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class WorkerHTTPServer(ThreadingHTTPServer):
@@ -182,8 +129,7 @@ class WorkerHTTPServer(ThreadingHTTPServer):
                 pass
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        self.ctx.log.warn("Connection error", target=TARGET_HTTP, peer=str(client_address),
-                          error=repr(sys.exc_info()[1]))
+        """A broken connection is not logged (hyper's connection errors are silent)."""
 
 
 class WorkerHandler(BaseHTTPRequestHandler):
@@ -208,19 +154,24 @@ class WorkerHandler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:
-        """Access logs go through the JSON logger (per request), not stderr."""
+        """No access log: the real worker has none."""
 
     def send_response(self, code: int, message: str | None = None) -> None:
         """Status line and Date only: axum sends no Server header."""
-        self.log_request(code)
         self.send_response_only(code, message)
         self.send_header("date", self.date_time_string())
 
     # -- routing --------------------------------------------------------------------------
 
     def _route(self, method: str) -> None:
+        """Every request runs under the process-wide lock (the frozen single thread)."""
         self.server.mark(self.connection, False)
-        self.correlation_id = self.headers.get("x-correlation-id") or str(uuid.uuid4())
+        with self.server.ctx.freeze:
+            cid = self.headers.get("x-correlation-id")
+            self.correlation_id = cid if is_uuid_shaped(cid) else str(uuid.uuid4())
+            self._dispatch(method)
+
+    def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         allowed = ROUTES.get(path)
         if allowed is None:
@@ -231,8 +182,7 @@ class WorkerHandler(BaseHTTPRequestHandler):
             self._send_plain(HTTPStatus.METHOD_NOT_ALLOWED, b"",
                              extra={"allow": ",".join(allowed)})
         elif path == "/health":
-            body = {"status": "healthy", "vram_bytes": VRAM_BYTES}
-            self._send_json(HTTPStatus.OK, body, head_only=(method == "HEAD"))
+            self._health(head_only=(method == "HEAD"))
         else:
             self._execute()
 
@@ -260,7 +210,7 @@ class WorkerHandler(BaseHTTPRequestHandler):
     # -- bodies -----------------------------------------------------------------------------
 
     def _read_body(self) -> bytes | None:
-        """The request body, or None when it exceeds the cap (answered 413 here)."""
+        """The request body, or None when it was already answered (413 / bad framing)."""
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
             return self._read_chunked()
         raw_len = self.headers.get("content-length")
@@ -365,49 +315,44 @@ class WorkerHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
-    # -- /execute -------------------------------------------------------------------------
+    # -- /health and /execute ----------------------------------------------------------------
+
+    def _health(self, head_only: bool) -> None:
+        """http/health.rs: always healthy; one narration line per call."""
+        ctx = self.server.ctx
+        narration.health_check(ctx.log, "healthy", ctx.vram_bytes)
+        self._send_json(HTTPStatus.OK, {"status": "healthy", "vram_bytes": ctx.vram_bytes},
+                        head_only=head_only)
 
     def _execute(self) -> None:
         ctx = self.server.ctx
+        content_type = self.headers.get("content-type")
+        if not is_json_content_type(content_type):  # axum checks it before reading the body
+            self._discard_body()
+            self._send_plain(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, JSON_CONTENT_TYPE_MESSAGE.encode())
+            return
         raw = self._read_body()
         if raw is None:
             return
-        checked = validate_execute(raw)
-        if checked.request is None:
-            ctx.log.info("Request validation failed", target=TARGET_HTTP,
-                         correlation_id=self.correlation_id,
-                         invalid_fields=[e.field for e in checked.errors])
-            self._send_json(HTTPStatus.BAD_REQUEST, checked.body())
-            return
-        req = checked.request
-        ctx.log.info("Execute request received", target=TARGET_HTTP, job_id=req.job_id,
-                     correlation_id=self.correlation_id, prompt_chars=len(req.prompt),
-                     max_tokens=req.max_tokens)
-        started_at = datetime.now(UTC).isoformat()
-        t0 = time.perf_counter()
         try:
-            result = ctx.service.run(req)
-        except Exception as err:  # every failure becomes an error event, never a dead worker
-            message = str(err) or type(err).__name__
-            ctx.log.warn("Inference failed", target=TARGET_HTTP, job_id=req.job_id,
-                         error=message, correlation_id=self.correlation_id)
-            events = [{"type": "error", "code": "INFERENCE_FAILED", "message": message}]
-        else:
-            events = sse_events(req, ctx.model_name, result, started_at)
-            ctx.log.info("Inference completed", target=TARGET_HTTP, job_id=req.job_id,
-                         tokens=len(result.pieces), prompt_tokens=result.prompt_tokens,
-                         stop_reason=result.stop_reason,
-                         duration_ms=int(round((time.perf_counter() - t0) * 1000)),
-                         correlation_id=self.correlation_id)
+            req = extract_execute(content_type, raw)
+        except JsonRejection as rejected:
+            self._send_plain(rejected.status, rejected.text.encode())
+            return
+        errors = validate_all(req)
+        if errors:
+            ctx.log.warn("Validation failed", job_id=req.job_id)
+            narration.validation_failed(ctx.log, req.job_id)
+            self._send_json(HTTPStatus.BAD_REQUEST, errors_body(errors))
+            return
+        ctx.log.info("Inference request validated", job_id=req.job_id)
+        narration.execute_request(ctx.log, req.job_id)
+        events = ctx.service.run(req, ctx.model_name)
         try:
             self._send_sse(events)
-        except OSError as err:
-            self.close_connection = True
-            ctx.log.info("Client went away before the stream was sent", target=TARGET_HTTP,
-                         job_id=req.job_id, error=str(err))
-        with ctx.count_lock:
-            ctx.executes_done += 1
-            first = ctx.executes_done == 1
-        if first and ctx.faults.panic_after_first:
+        except OSError:
+            self.close_connection = True  # the client went away; the real worker logs nothing
+        ctx.executes_done += 1
+        if ctx.executes_done == 1 and ctx.faults.panic_after_first:
             ctx.on_panic("index out of bounds: the len is 0 but the index is 0 "
                          "(fault switch panic_after_first)")
