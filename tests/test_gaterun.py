@@ -234,29 +234,21 @@ def test_bad_pools_input_is_one_line_exit_2(tmp_path: Path, sshd: SshdServer,
 # --------------------------------------------------------------------------- end to end
 
 WRAPPER = '''#!{python}
-"""{name}: the reference worker under a real binary name; drops {flag} N (CPU only)."""
+"""{name}: the reference worker playing this binary (LLORCH_REF_BACKEND={backend}):
+it takes {flag} N itself, logs this binary's start-up lines and runs its warm-up."""
 import os, sys
-args, skip = [], False
-for a in sys.argv[1:]:
-    if skip:
-        skip = False
-        continue
-    if a == "{flag}":
-        skip = True
-        continue
-    if a.startswith("{flag}="):
-        continue
-    args.append(a)
-os.execv({python!r}, [{python!r}, "-m", "llorch_harness.refworker", *args])
+os.environ["LLORCH_REF_BACKEND"] = "{backend}"
+os.execv({python!r}, [{python!r}, "-m", "llorch_harness.refworker", *sys.argv[1:]])
 '''
 
 
 def install_worker(bin_dir: Path, backend: str) -> Path:
-    """A contract-speaking worker installed as llorch-BACKEND-candled."""
-    flag = {"cuda": "--cuda-device", "metal": "--metal-device"}[backend]
+    """A contract-speaking worker installed as llorch-BACKEND-candled (cpu, cuda or metal)."""
+    flag = {"cpu": "no device flag", "cuda": "--cuda-device", "metal": "--metal-device"}[backend]
     bin_dir.mkdir(parents=True, exist_ok=True)
     path = bin_dir / f"llorch-{backend}-candled"
-    path.write_text(WRAPPER.format(python=sys.executable, name=path.name, flag=flag))
+    path.write_text(WRAPPER.format(python=sys.executable, name=path.name, flag=flag,
+                                   backend=backend))
     path.chmod(0o755)
     return path
 

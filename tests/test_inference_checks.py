@@ -28,6 +28,7 @@ from llorch_harness.inference_checks import (
     check_greedy_repeat,
     check_interleaved_lengths,
     check_no_error_patterns,
+    check_reference,
     check_restart_stable,
     check_seeded_sampling,
     check_tokens_generated,
@@ -428,14 +429,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class RefWorker:
     """The reference worker as a real process, in its own session, always stopped."""
 
-    def __init__(self, model: Path, log: Path, faults: str = "") -> None:
+    def __init__(self, model: Path, log: Path, faults: str = "", backend: str = "cpu") -> None:
         pytest.importorskip("llorch_harness.refworker.server",
                             reason="reference worker not present in this checkout")
         self.port = _free_port()
         self.uri = f"http://localhost:{self.port}"
         self.log = log
-        env = {k: v for k, v in os.environ.items() if k != "LLORCH_REF_FAULTS"}
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("LLORCH_REF_FAULTS", "LLORCH_REF_BACKEND", "LLORCH_REF_WIRE")}
         env["LLORCH_HARNESS_POOL"] = str(log.parent)  # conftest's leak sweep finds it
+        env["LLORCH_REF_BACKEND"] = backend
         if faults:
             env["LLORCH_REF_FAULTS"] = faults
         self._fh = open(log, "ab")
@@ -474,8 +477,8 @@ class RefWorker:
 def refworker(tiny_model: Path, tmp_path: Path) -> Iterator[Callable[..., RefWorker]]:
     started: list[RefWorker] = []
 
-    def start(faults: str = "") -> RefWorker:
-        w = RefWorker(tiny_model, tmp_path / f"worker{len(started)}.log", faults)
+    def start(faults: str = "", backend: str = "cpu") -> RefWorker:
+        w = RefWorker(tiny_model, tmp_path / f"worker{len(started)}.log", faults, backend)
         started.append(w)
         w.wait_ready()
         return w
@@ -488,10 +491,13 @@ def refworker(tiny_model: Path, tmp_path: Path) -> Iterator[Callable[..., RefWor
 def test_reference_worker_passes_every_check(refworker, tmp_path: Path) -> None:
     w = refworker()
     offset = w.log.stat().st_size
-    a = check_greedy_repeat(w.uri, P_CP3, GATE_MAX_TOKENS)
-    b = check_interleaved_lengths(w.uri, P_SHORT, P_LONG, GATE_MAX_TOKENS)
-    c = check_seeded_sampling(w.uri, P_CP3, GATE_MAX_TOKENS)
-    prompts = run_prompts(w.uri)
+    a = check_greedy_repeat(w.uri, P_CP3, GATE_MAX_TOKENS, log_path=w.log)
+    b = check_interleaved_lengths(w.uri, P_SHORT, P_LONG, GATE_MAX_TOKENS, log_path=w.log)
+    c = check_seeded_sampling(w.uri, P_CP3, GATE_MAX_TOKENS, log_path=w.log)
+    prompts = run_prompts(w.uri, log_path=w.log)
+    tokens = check_tokens_generated(prompts["cp3"], GATE_MAX_TOKENS)
+    assert tokens.ok, tokens.message
+    assert all(r.log is not None and r.log.found for r in prompts.values())
     for out in (a, b, c):
         assert out.ok, out.message
     streams = a.results + b.results + c.results + list(prompts.values())
@@ -556,3 +562,69 @@ def test_reference_worker_stall_fault_fails_within_deadline(refworker) -> None:
     assert time.monotonic() - t0 < 20
     assert not a.ok and "first_event_timeout=1 s" in a.message, a.message
     w.stop(grace=0.5)  # a stalled request holds graceful shutdown; no need to wait for it
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "metal"])
+def test_reference_worker_qwen_cache_bug_is_named_on_every_backend(refworker, backend) -> None:
+    """The real CP3 bug: cpu fails from the second request, cuda/metal (warm-up) from the
+    first; the candle text is hidden, and the diagnosis names the bug in words."""
+    w = refworker("qwen_cache_bug", backend=backend)
+    first = run_request(w.uri, P_CP3, GATE_MAX_TOKENS, "first", log_path=w.log)
+    works = check_answer(first, "the seed's request")
+    assert works.ok == (backend == "cpu"), works.message
+    a = check_greedy_repeat(w.uri, P_CP3, GATE_MAX_TOKENS, log_path=w.log)
+    assert not a.ok and QWEN_DIAGNOSIS in a.message, a.message
+    assert QWEN_FAILURE_MESSAGE in a.message
+    f = check_no_error_patterns(w.log, 0, [first, *a.results])
+    assert not f.ok and f"diagnosis: {QWEN_DIAGNOSIS}" in f.message
+    assert "Cache reset not implemented for Qwen" in f.message
+    assert "broadcast_add" not in w.log.read_text()  # the real worker never shows candle's text
+
+
+def test_reference_worker_decode_positions_fool_self_checks_not_goldens(refworker,
+                                                                          tmp_path: Path) -> None:
+    """Decode steps at positions 1, 2, ...: deterministic but wrong. Every self-comparison
+    passes; only an independent yardstick (a golden from a correct build, the reference
+    implementation in test_reference_agreement.py and the gate) catches it."""
+    good = refworker()
+    recorded = run_prompts(good.uri, log_path=good.log)
+    assert check_golden(tmp_path, "tiny-qwen", "cpu", recorded, update=True,
+                        min_common_prefix=0).ok
+    good.stop()
+    w = refworker("decode_positions")
+    a = check_greedy_repeat(w.uri, P_CP3, GATE_MAX_TOKENS, log_path=w.log)
+    b = check_interleaved_lengths(w.uri, P_SHORT, P_LONG, GATE_MAX_TOKENS, log_path=w.log)
+    assert a.ok and b.ok, (a.message, b.message)
+    assert check_contract(a.results + b.results).ok
+    wrong = run_prompts(w.uri, log_path=w.log)
+    g = check_golden(tmp_path, "tiny-qwen", "cpu", wrong, update=False, min_common_prefix=0)
+    assert not g.ok and "differs at token" in g.message, g.message
+
+
+@pytest.fixture(scope="module")
+def numpy_runner(tiny_model: Path):
+    from llorch_harness.agreement import ReferenceRunner
+    from llorch_harness.reference import load_reference
+
+    return ReferenceRunner(load_reference(tiny_model, "numpy"))
+
+
+@pytest.mark.parametrize("fault", ["", "decode_positions", "wrong_rope_base", "swapped_layers"])
+def test_reference_check_catches_deterministic_but_wrong_workers(refworker, numpy_runner,
+                                                                 fault: str) -> None:
+    """The worker agrees with itself every time; only the reference can tell it is wrong."""
+    w = refworker(fault)
+    a = check_greedy_repeat(w.uri, P_CP3, GATE_MAX_TOKENS, log_path=w.log)
+    assert a.ok, a.message  # deterministic either way
+    prompts = run_prompts(w.uri, log_path=w.log)
+    out = check_reference(numpy_runner, [*a.results, *prompts.values()])
+    if not fault:
+        assert out.ok, out.message
+        assert out.details["streams_judged"] == 3 + len(prompts)
+        return
+    assert not out.ok, out.message
+    assert "outside the reference's margin" in out.message
+    assert "expected" in out.message and "got" in out.message and "(id " in out.message
+    assert "reference numpy" in out.message and "text so far" in out.message
+    judged = next(c for c in out.details["comparisons"].values() if not c["ok"])
+    assert "⟦" in judged["side_by_side"]

@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 ENV_VAR = "LLORCH_REF_FAULTS"
 
@@ -26,6 +29,8 @@ FLAG_NAMES: tuple[str, ...] = (
     "stall",
     "qwen_cache_bug",
     "decode_positions",
+    "wrong_rope_base",
+    "swapped_layers",
 )
 VALUE_NAMES: tuple[str, ...] = ("slow_start", "slow_execute")
 
@@ -51,6 +56,10 @@ class Faults:
     # decode steps run at positions 1, 2, ... (the loop index) instead of prompt_len, ...
     qwen_cache_bug: bool = False
     decode_positions: bool = False
+    # Deterministic but wrong models (the reference check must catch them): RoPE computed
+    # with a base 100 times too small; the weights of layers 0 and 1 loaded into each other.
+    wrong_rope_base: bool = False
+    swapped_layers: bool = False
     slow_start: float = 0.0
     slow_execute: float = 0.0
 
@@ -98,3 +107,14 @@ def parse_faults(spec: str | None) -> Faults:
 
 def faults_from_env(env: Mapping[str, str]) -> Faults:
     return parse_faults(env.get(ENV_VAR))
+
+
+def apply_model_faults(model: Any, faults: Faults) -> None:
+    """Make a loaded numpy Qwen2 model wrong the ways `wrong_rope_base` and `swapped_layers`
+    say; the output stays deterministic, so only an independent reference can tell."""
+    if faults.wrong_rope_base:
+        theta = float(model.config.rope_theta)
+        exponents = -np.log(model._inv_freq) / np.log(theta)  # inv_freq = theta ** -exponent
+        model._inv_freq = np.power(np.float32(theta / 100.0), -exponents).astype(np.float32)
+    if faults.swapped_layers and len(model.layers) >= 2:
+        model.layers[0], model.layers[1] = model.layers[1], model.layers[0]

@@ -37,7 +37,7 @@ import httpx
 
 from . import narration
 from .engine import Engine
-from .faults import ENV_VAR, Faults
+from .faults import ENV_VAR, Faults, apply_model_faults
 from .inference import CandledBackend, InferenceFailed
 from .logs import JsonLogger
 from .persona import Persona, WorkerArgs
@@ -133,6 +133,7 @@ def prepare(args: WorkerArgs, persona: Persona, wire: str, faults: Faults,
         log.warn("Test-only fault switches active", faults=",".join(faults.active), env=ENV_VAR)
     persona.log_device(log, args.device)
     engine, size = load_engine(args, persona, log)
+    apply_model_faults(engine.model, faults)
     backend = CandledBackend(engine, log, faults)
     service = InferenceService(engine, backend, faults, log, wire=wire)
     if persona.has_warmup or faults.warmup_pollution:
