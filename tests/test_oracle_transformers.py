@@ -120,3 +120,61 @@ def test_variants_match_transformers(
     ids = ours.encode(long_prompt)
     # transformers upcasts the same half-precision weights to f32: results agree tightly
     _assert_close(ours.forward_logits(ids), _hf_logits(_hf(d), ids))
+
+
+# -- the Qwen2.5 vocabulary: transformers loads the model and its tokenizer ------------------
+
+QWEN_TEXTS = [
+    "Hello, how are you?",
+    "Hi",
+    "naïve café 世界 🙂 👨‍👩‍👧 ＦＵＬＬ\n\ttabs  and   spaces",
+    "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+    "x = [1, 22, 333]  # comment\r\n",
+]
+
+
+@pytest.fixture(scope="module")
+def qwen_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("oracle-qwen") / "tiny-qwen"
+    build_tiny_model(out, seed=0, vocab="qwen2.5")
+    return out
+
+
+@pytest.fixture(scope="module")
+def qwen_engine(qwen_tiny: Path) -> Engine:
+    return Engine.load(qwen_tiny)
+
+
+def test_qwen_tokenizer_loads_in_transformers(qwen_tiny: Path, qwen_engine: Engine) -> None:
+    tok = transformers.AutoTokenizer.from_pretrained(qwen_tiny, local_files_only=True)
+    assert len(tok) == 151_665
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 151_645
+    assert tok.pad_token_id == 151_643 and tok.bos_token is None
+    for text in QWEN_TEXTS:
+        assert tok(text)["input_ids"] == qwen_engine.encode(text), text
+    msgs = [{"role": "user", "content": SHORT}]
+    rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert rendered == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful "
+        "assistant.<|im_end|>\n<|im_start|>user\nHello, how are you?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_qwen_model_matches_the_reference_worker(qwen_tiny: Path, qwen_engine: Engine) -> None:
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        qwen_tiny, dtype=torch.float32, local_files_only=True
+    ).eval()
+    assert model.config.vocab_size == 151_936
+    ids = qwen_engine.encode(SHORT)
+    ours = qwen_engine.forward_logits(ids)
+    assert ours.shape == (len(ids), 151_936)
+    _assert_close(ours, _hf_logits(model, ids))
+    # greedy: argmax of both over 16 steps, each fed its own choice
+    theirs_ids, ours_ids = list(ids), list(ids)
+    for _ in range(16):
+        theirs_ids.append(int(_hf_logits(model, theirs_ids)[-1].argmax()))
+        ours_ids.append(int(qwen_engine.forward_logits(ours_ids)[-1].argmax()))
+    assert ours_ids == theirs_ids
+    assert len(set(ours_ids[len(ids):])) >= 8
