@@ -12,9 +12,10 @@ import contextlib
 import io
 import json
 import os
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import pytest
 from filelock import FileLock
 
 from . import procs
+from .errors import HarnessError
 from .labs import LabDecision, device_group
 
 SESSION_PREFIX = "pytest:"
@@ -60,28 +62,121 @@ def session_alive(marker: str | None) -> bool | None:
         return True  # cannot tell: leave it alone
 
 
-def sweep_dead_sessions(grace: float = 2.0) -> list[int]:
-    """Stop marked workers whose pytest session is dead (a SIGKILLed earlier run).
+PoolRoots = Callable[[str], bool] | Iterable[str | os.PathLike[str]]
 
-    Only processes carrying our `pytest:` session marker are judged; a worker of a live
-    session (another user's run on the same machine) is never touched.
+
+def sweep_dead_sessions(pool_roots: PoolRoots = (), grace: float = 2.0) -> list[int]:
+    """Stop workers of our own dead earlier sessions (a SIGKILLed run), proven first.
+
+    A marker in a process's environment is only a claim: anyone can set it. A process
+    is signalled only when all of this holds (see proven_leftover):
+    - its marker names a `pytest:` session that is dead;
+    - the pool root it names is one this session may touch (`pool_roots`: the pool root
+      in use, see sweep_scope), and its worker id is a valid id;
+    - that pool holds the worker's record, and the record names the same worker, pool
+      and session, with the process's own pid and create time (or the process was born
+      after the recorded worker: one of its children).
+    Anything else (no record, a record that disagrees, another pool) is left alone; a
+    worker of a live session (another run on the same machine) is never touched.
     """
     from . import workers
     from .paths import PoolPaths
 
+    allowed = _root_filter(pool_roots)
     stopped: list[int] = []
     for m in procs.marked_processes():
-        if session_alive(m.session) is not False:
+        if session_alive(m.session) is not False or not allowed(m.pool_root):
+            continue
+        if not proven_leftover(m):
             continue
         pid = m.proc.pid
         try:
             res = workers.stop_worker(PoolPaths(Path(m.pool_root)), m.worker_id, grace=grace)
             if res.step in ("already_dead", "stale_record") and not procs.is_gone(m.proc):
-                procs.stop_ladder(m.proc, grace=grace)
-        except Exception:  # record unreadable or gone: stop the process itself
-            procs.stop_ladder(m.proc, grace=grace)
+                procs.stop_ladder(m.proc, grace=grace)  # a proven child left behind
+        except Exception:  # a start-up sweep must never stop the run
+            continue
         stopped.append(pid)
     return stopped
+
+
+def proven_leftover(m: procs.Marked) -> bool:
+    """Does the pool's record of m.worker_id vouch for this marked process?"""
+    from . import workers
+    from .errors import HarnessError
+    from .paths import PoolPaths
+
+    paths = PoolPaths(Path(m.pool_root))
+    try:
+        rec = workers.read_record(workers.record_path(paths, m.worker_id))
+    except (FileNotFoundError, HarnessError, OSError):
+        return False
+    ctime = rec.get("create_time")
+    if (rec.get("worker_id") != m.worker_id or rec.get("pool_root") != m.pool_root
+            or rec.get("session") != m.session or not m.session
+            or isinstance(ctime, bool) or not isinstance(ctime, int | float)):
+        return False
+    try:
+        born = m.proc.create_time()
+    except psutil.Error:
+        return False
+    if rec.get("pid") == m.proc.pid:
+        return abs(born - float(ctime)) <= procs.CREATE_TIME_TOLERANCE_S
+    return born >= float(ctime) - procs.CREATE_TIME_TOLERANCE_S
+
+
+def _root_filter(pool_roots: PoolRoots) -> Callable[[str], bool]:
+    if callable(pool_roots):
+        return pool_roots
+    keys = {procs.pool_key(r) for r in pool_roots}
+    return keys.__contains__
+
+
+def sweep_scope(lab: LabDecision, basetemp: str | os.PathLike[str] | None = None
+                ) -> Callable[[str], bool]:
+    """The pool roots a session's start-up sweep may touch: the pool root it uses, and in
+    the embedded lab without --pool-root, the fresh pools that earlier runs made under this
+    user's pytest temp directory (`pytest-of-USER/pytest-N/pool`, or BASETEMP/pool)."""
+    from .errors import HarnessError
+    from .paths import resolve_pool_root
+
+    exact: set[str] = set()
+    temp_parent: Path | None = None
+    if lab.pool_root:
+        exact.add(procs.pool_key(lab.pool_root))
+    elif lab.lab == "embedded":
+        if basetemp:
+            exact.add(procs.pool_key(Path(basetemp) / "pool"))
+        else:
+            temp_parent = pytest_temp_root()
+    else:
+        with contextlib.suppress(HarnessError, OSError):
+            exact.add(procs.pool_key(resolve_pool_root(None)))
+
+    def allowed(pool_root: str) -> bool:
+        if pool_root in exact:
+            return True
+        if temp_parent is None:
+            return False
+        p = Path(pool_root)
+        return (p.name == "pool" and p.parent.parent == temp_parent
+                and re.fullmatch(r"pytest-\d+", p.parent.name) is not None)
+
+    return allowed
+
+
+def pytest_temp_root() -> Path | None:
+    """pytest's per-user temp root (`$TMP/pytest-of-USER`), computed as pytest does."""
+    import getpass
+    import tempfile
+
+    try:
+        user = getpass.getuser()
+    except (ImportError, OSError, KeyError):
+        return None
+    base = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
+    safe_user = re.sub(r"[\W]", "_", user)
+    return Path(base).resolve() / f"pytest-of-{safe_user}"
 
 
 def install_session_marker() -> str:
@@ -152,7 +247,7 @@ class GateModel:
 def record_download(paths: Any, entry: dict[str, Any]) -> None:
     """One JSON line per process that asked for the model: the evidence of download-once."""
     log = paths.runtime_dir / "gate" / "downloads.jsonl"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    paths.writable_dir(log.parent)  # no symlinked directory under the pool root
     with FileLock(str(log) + ".lock", timeout=60), open(log, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(entry) + "\n")
 
@@ -340,12 +435,15 @@ def hub(lab: LabDecision, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     if not is_embedded_model(lab.gate_model):
         yield None
         return
-    from .hub import LocalHub, build_embedded_hub_root
+    from .hub import LocalHub
+    from .tinymodel import EMBEDDED_VOCAB, TINY_QWEN_REPO, build_tiny_model
 
     root = shared_dir(tmp_path_factory) / "hub"
     with FileLock(str(root) + ".lock", timeout=600):
         if not (root / ".built").exists():
-            build_embedded_hub_root(root)
+            # Qwen2.5's real vocabulary, so the piece checks meet real BPE pieces
+            # (docs/tiny-model.md); hub.build_embedded_hub_root keeps the small one.
+            build_tiny_model(root / TINY_QWEN_REPO, vocab=EMBEDDED_VOCAB)
             (root / ".built").write_text("ok\n")
     with LocalHub(root) as server:
         yield server
@@ -366,6 +464,25 @@ def worker_factory(lab: LabDecision, pool_paths: Any,
         yield factory
     finally:
         factory.stop_all()
+
+
+@pytest.fixture(scope="session")
+def reference_runner(lab: LabDecision, pool_paths: Any, downloaded_model: GateModel) -> Any:
+    """The independent reference for the gate model (None with --reference off): loaded once
+    per process, its greedy outputs cached in the pool root for every backend and rerun."""
+    from .agreement import ReferenceRunner
+    from .reference import load_reference
+
+    st = lab.settings
+    try:
+        ref = load_reference(downloaded_model.path, st.reference)
+    except HarnessError as exc:
+        pytest.fail(exc.one_line(), pytrace=False)
+    if ref is None:
+        return None
+    cache = pool_paths.runtime_dir / "reference"
+    return ReferenceRunner(ref, delta=st.reference_delta, k=st.reference_top_k,
+                           model_files=downloaded_model.file_hashes, cache_dir=cache)
 
 
 @pytest.fixture

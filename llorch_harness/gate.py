@@ -9,9 +9,16 @@ typo can never make an item silently "not run".
 from __future__ import annotations
 
 import json
+import os
+import stat
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from .errors import HarnessError
+from .fsutil import atomic_write_text, file_kind
 
 CHECKPOINT = "CP3"
 GATE_JSON_SCHEMA = 1
@@ -86,6 +93,9 @@ SEED_CHECKLIST: tuple[GateItem, ...] = (
 EXTRA_ITEMS: tuple[GateItem, ...] = (
     GateItem("Model Downloads", "Qwen downloaded on this pool (cpu)", ("cpu",), seed=False),
     GateItem("Qwen Testing", "Qwen works on CPU (this pool)", ("cpu",), seed=False),
+    # A worker that is deterministic but wrong passes every self-comparison: this one holds
+    # each greedy token against an independent implementation on the same files.
+    GateItem("Qwen Testing", "Output agrees with the reference implementation", seed=False),
 )
 
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(i.section for i in SEED_CHECKLIST))
@@ -276,6 +286,48 @@ def gate_document(
             for r in collector.results.values()
         ],
     }
+
+
+def check_gate_json_target(path: str | Path) -> Path:
+    """Refuse a `--gate-json`/`$LLORCH_GATE_JSON` target before the run, not after it.
+
+    The target must be a regular file or absent, and its directory must take a new file
+    (a probe is created and removed there: `/proc/version` is a regular file that cannot
+    be replaced). Raises HarnessError (exit 2) naming the path and the fix.
+    """
+    target = Path(path).expanduser()
+    hint = "--gate-json or LLORCH_GATE_JSON must name a file in a writable directory"
+    try:
+        st = target.stat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise HarnessError(f"gate JSON target {target}: {exc.strerror or exc}", hint, 2) from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise HarnessError(f"gate JSON target {target} is {file_kind(st.st_mode)}, not a file",
+                           hint, 2)
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise HarnessError(f"gate JSON target {target}: cannot create a file in {parent}: "
+                           f"{exc.strerror or exc}", hint, 2) from None
+    return target
+
+
+def write_gate_json(path: str | Path, text: str) -> None:
+    """Write the results atomically (readers never see half a file); one HarnessError line
+    on failure, the previous file left as it was."""
+    target = check_gate_json_target(path)
+    try:
+        atomic_write_text(target, text)
+    except OSError as exc:
+        raise HarnessError(f"cannot write gate JSON {target}: {exc.strerror or exc}",
+                           "free space or fix permissions; the previous file is unchanged") \
+            from None
 
 
 def dumps(doc: Mapping[str, Any]) -> str:

@@ -8,7 +8,6 @@ into JSON and handed to the workers; the pytest hooks only call into here.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 from collections.abc import Callable, Iterable, Mapping
@@ -16,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, redaction
+from .referencecfg import DEFAULT_DELTA, DEFAULT_TOP_K, REFERENCE_CHOICES
 
 BACKEND_ORDER: tuple[str, ...] = ("metal", "cuda", "cpu")  # preference for pool-level items
 LAB_CHOICES: tuple[str, ...] = ("auto", "embedded", "real")
@@ -90,6 +90,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--golden-min-prefix", "llorch_golden_min_prefix", "LLORCH_GOLDEN_MIN_PREFIX",
                "tokens that must agree across backends before they may diverge "
                f"(default {DEFAULT_GOLDEN_MIN_PREFIX})", kind="int", metavar="N"),
+    OptionSpec("--reference", "llorch_reference", "LLORCH_REFERENCE",
+               "independent implementation the worker's greedy tokens are judged against: auto "
+               "(default: transformers when importable, else numpy), transformers, numpy, or off "
+               "(shown in the report header and verdict)", choices=REFERENCE_CHOICES),
+    OptionSpec("--reference-delta", "llorch_reference_delta", "LLORCH_REFERENCE_DELTA",
+               "largest logit gap below the reference's top-1 a worker token may have "
+               f"(default {DEFAULT_DELTA:g}; see docs/gate.md)", kind="float", metavar="D"),
+    OptionSpec("--reference-top-k", "llorch_reference_top_k", "LLORCH_REFERENCE_TOP_K",
+               f"a worker token must also be among the reference's top K (default {DEFAULT_TOP_K})",
+               kind="int", metavar="K"),
 )
 
 BACKEND_NAMES: tuple[str, ...] = ("cpu", "cuda", "metal")
@@ -169,6 +179,9 @@ class Settings:
     pool_hosts: list[str] = field(default_factory=list)
     gate_json: str | None = None
     golden_min_prefix: int = DEFAULT_GOLDEN_MIN_PREFIX
+    reference: str = "auto"
+    reference_delta: float = DEFAULT_DELTA
+    reference_top_k: int = DEFAULT_TOP_K
 
 
 _SETTING_FOR_DEST = {
@@ -177,7 +190,8 @@ _SETTING_FOR_DEST = {
     "llorch_require_backend": "require_backend", "llorch_update_golden": "update_golden",
     "llorch_ready_timeout": "ready_timeout", "llorch_repo": "llorch_repo",
     "llorch_pool_hosts": "pool_hosts", "llorch_gate_json": "gate_json",
-    "llorch_golden_min_prefix": "golden_min_prefix",
+    "llorch_golden_min_prefix": "golden_min_prefix", "llorch_reference": "reference",
+    "llorch_reference_delta": "reference_delta", "llorch_reference_top_k": "reference_top_k",
 }
 
 
@@ -307,15 +321,18 @@ class LabDecision:
         return None
 
     def banner(self) -> str:
-        """The words nobody can miss: which worker is under test."""
+        """The words nobody can miss: which worker is under test, and whether its output is
+        compared with an independent reference at all."""
+        off = (" | REFERENCE CHECK OFF (--reference off): the worker's output is judged only "
+               "against itself" if self.settings.reference == "off" else "")
         if self.lab == "embedded":
-            return "EMBEDDED LAB: reference worker, not llorch-candled"
+            return "EMBEDDED LAB: reference worker, not llorch-candled" + off
         parts = []
         for name in BACKEND_ORDER:
             st = self.backends[name]
             if st.binary and st.selected:
                 parts.append(f"{Path(st.binary).name} {st.binary} sha256 {st.binary_sha256}")
-        return "REAL LAB: " + ("; ".join(parts) or "no llorch-candled binary found")
+        return "REAL LAB: " + ("; ".join(parts) or "no llorch-candled binary found") + off
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -459,22 +476,16 @@ def device_group(backend: str, gpu: int = 0) -> str:
     return f"{backend}{gpu}" if backend != "cpu" else "cpu"
 
 
-_SECRET_RE = re.compile(r"(?i)token|secret|passw|key|credential|auth")
-
-
 def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_RE.search(name))
+    """Kept for callers of labs: the one rule lives in redaction.py."""
+    return redaction.is_secret_name(name)
 
 
 def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
-    """Values of environment variables named like secrets (long enough to be real)."""
-    env = os.environ if env is None else env
-    vals = {v for k, v in env.items() if is_secret_name(k) and len(v) >= 6}
-    return sorted(vals, key=len, reverse=True)
+    """Values of environment variables named like secrets (see redaction.secret_values)."""
+    return redaction.secret_values(env)
 
 
 def redact(text: str, env: Mapping[str, str] | None = None) -> str:
-    """Replace every secret value, and anything shaped like an HF token, with ***."""
-    for value in secret_values(env):
-        text = text.replace(value, "***")
-    return re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text)
+    """Every secret replaced with *** (the one redaction, redaction.redact)."""
+    return redaction.redact(text, env)

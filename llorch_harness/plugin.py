@@ -7,8 +7,10 @@ checklist, report.py renders it, fixtures.py provides the session fixtures.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from . import gate, labs
+from . import gate, labs, redaction
 from . import report as rpt
+from .errors import HarnessError
 from .fixtures import (  # noqa: F401  (fixtures are registered by being module attributes)
     LAB_KEY,
     RECORD_KEY,
@@ -29,8 +32,10 @@ from .fixtures import (  # noqa: F401  (fixtures are registered by being module 
     install_session_marker,
     lab,
     pool_paths,
+    reference_runner,
     stop_tracked,
     sweep_dead_sessions,
+    sweep_scope,
     worker_factory,
 )
 
@@ -115,11 +120,104 @@ def _decision(config: pytest.Config) -> labs.LabDecision:
         raise pytest.UsageError(f"llorch-harness: {exc}") from None
 
 
+def check_decision(decision: labs.LabDecision) -> None:
+    """Values that would fail every test's setup fail once, as one usage error (exit 4).
+
+    Issue 20 #16: `--gate-model ../../etc` or a `--pool-root` naming a file gave 22 setup
+    errors with tracebacks; an unwritable `--gate-json` failed only after the whole run.
+    """
+    from .paths import resolve_pool_root, validate_model_id
+
+    timeout = decision.settings.ready_timeout
+    if not (math.isfinite(timeout) and timeout > 0):  # nan would never expire
+        raise pytest.UsageError(f"llorch-harness: --ready-timeout must be a positive finite "
+                                f"number of seconds, got {timeout!r}")
+    try:
+        validate_model_id(decision.gate_model)
+    except HarnessError as err:
+        raise pytest.UsageError(f"llorch-harness: --gate-model: {err.one_line()}") from None
+    if decision.pool_root:
+        root = Path(decision.pool_root)
+        try:
+            resolve_pool_root(root)
+            existing = next((p for p in (root, *root.parents) if p.exists()), None)
+            if existing is not None and not existing.is_dir():
+                raise HarnessError(f"pool root {root}: {existing} is not a directory",
+                                   "pass --pool-root DIR")
+        except HarnessError as err:
+            raise pytest.UsageError(f"llorch-harness: --pool-root: {err.one_line()}") from None
+    if decision.settings.gate_json:
+        try:
+            gate.check_gate_json_target(decision.settings.gate_json)
+        except HarnessError as err:
+            raise pytest.UsageError(f"llorch-harness: {err.one_line()}") from None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    repair_rootdir(early_config)
+
+
+def repair_rootdir(config: pytest.Config) -> None:
+    """Undo the rootdir a plugin option's separate value moved (issue 20 #16).
+
+    pytest picks rootdir and ini file from the command line *before* it loads plugins
+    from entry points, so in `--llorch-bin-dir DIR` it cannot know that DIR is a value:
+    it takes DIR for a test path, roots the run there, ignores pyproject.toml (testpaths,
+    markers, xfail_strict) and collects the harness's own tests/. Here, with every option
+    known, the same setup is computed again from the real test paths; when it differs,
+    the run is moved back. Nothing changes when --rootdir or -c was given. Should pytest's
+    internals change, the user gets one usage error asking for `--option=DIR` instead.
+    """
+    ns = config.known_args_namespace
+    if getattr(ns, "rootdir", None) or getattr(ns, "inifilename", None):
+        return
+    try:
+        from _pytest.config.findpaths import determine_setup
+
+        rootpath, inipath, inicfg, ignored = determine_setup(
+            inifile=None, override_ini=ns.override_ini, args=list(ns.file_or_dir),
+            rootdir_cmd_arg=None, invocation_dir=config.invocation_params.dir,
+        )
+    except (ImportError, TypeError, AttributeError, pytest.UsageError):
+        return
+    if (rootpath, inipath) == (config.rootpath, config.inipath):
+        return
+    old_cut = str(config.inipath.parent if config.inipath else config.rootpath)
+    try:
+        config._rootpath = rootpath  # type: ignore[attr-defined]
+        config._inipath = inipath  # type: ignore[attr-defined]
+        config._inicfg = inicfg  # type: ignore[attr-defined]
+        config._ignored_config_files = ignored  # type: ignore[attr-defined]
+        config._inicache.clear()  # type: ignore[attr-defined]
+        config._parser.extra_info["rootdir"] = str(rootpath)  # type: ignore[attr-defined]
+        config._parser.extra_info["inifile"] = str(inipath)  # type: ignore[attr-defined]
+    except AttributeError:
+        raise pytest.UsageError(
+            f"llorch-harness: pytest took an option's value for a test path and chose rootdir "
+            f"{config.rootpath}; write options with their value joined, e.g. "
+            "--llorch-bin-dir=DIR") from None
+    if ns.confcutdir == old_cut:
+        ns.confcutdir = str(inipath.parent if inipath else rootpath)
+    added = [str(p) for p in config.getini("pythonpath")]
+    for path in reversed(added):
+        sys.path.insert(0, path)
+
+    def remove_added() -> None:
+        for path in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(path)
+
+    config.add_cleanup(remove_added)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     for line in marker_lines(Path(str(config.rootpath))):
         config.addinivalue_line("markers", line)
     decision = _decision(config)
+    if not _is_xdist_worker(config):
+        check_decision(decision)
     config.stash[LAB_KEY] = decision
     state = GateState()
     config.stash[_STATE_KEY] = state
@@ -130,7 +228,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if not _is_xdist_worker(config):
         install_session_marker()
         with contextlib.suppress(Exception):
-            swept = sweep_dead_sessions()
+            # only workers of the pool roots this session may touch (fixtures.sweep_scope)
+            swept = sweep_dead_sessions(sweep_scope(decision, config.getoption("basetemp", None)))
             if swept:
                 decision.notes.append(f"reaped {len(swept)} worker(s) of dead earlier sessions")
     _install_sigterm(state)
@@ -197,7 +296,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
                          " (--backend-available)" if st.overridden else ""])
         lines.append(f"  {name}{flags}: {mark}")
     lines += [f"  note: {n}" for n in decision.notes]
-    return lines
+    return [redaction.redact(line) for line in lines]
 
 
 # --------------------------------------------------------------------------- collection
@@ -243,13 +342,35 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(verdict.reason or "required backend missing", pytrace=False)
 
 
-@pytest.hookimpl(wrapper=True)
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Extras, then the one redaction over the whole report. tryfirst makes this wrapper the
+    outermost, so it runs after every other plugin added its part and before the terminal,
+    JUnit XML, pytest-html, xdist and the gate JSON see the report."""
     rep = yield
     record = item.stash.get(RECORD_KEY, None)
     if record and (rep.when == "call" or rep.failed):
         rep.extras = list(getattr(rep, "extras", [])) + rpt.build_extras(record, rep.failed)
+    rpt.redact_report(rep)
     return rep
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Any:
+    """Collection errors are failure texts too (a conftest can print the environment)."""
+    rep = yield
+    rpt.redact_report(rep)
+    return rep
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_warning_recorded(warning_message: Any) -> None:
+    """The warnings summary quotes the message: redact it before the terminal keeps it."""
+    with contextlib.suppress(Exception):
+        text = str(warning_message.message)
+        clean = redaction.redact(text)
+        if clean != text:
+            warning_message.message = warning_message.category(clean)
 
 
 # --------------------------------------------------------------------------- results
@@ -285,9 +406,16 @@ class GatePlugin:
         doc = gate.gate_document(self.state.collector, _lab_dict(self.config),
                                  started_at=self.state.started_at, finished_at=_now(),
                                  exitstatus=int(exitstatus))
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(labs.redact(gate.dumps(doc)), encoding="utf-8")
+        try:  # atomic, and one line instead of an INTERNALERROR traceback on failure
+            gate.write_gate_json(path, labs.redact(gate.dumps(doc)))
+        except HarnessError as err:
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(f"error: {err.one_line()}", red=True)
+            else:
+                print(f"error: {err.one_line()}", file=sys.stderr)
+            if session.exitstatus == pytest.ExitCode.OK:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int) -> None:
         collector = self.state.collector

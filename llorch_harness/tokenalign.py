@@ -175,11 +175,8 @@ class Aligner:
                     out.complete = True
                     return out
                 tok = guess[j] if j < len(guess) else None
-                spelt = self._spells(rest, tok) if tok is not None else None
-                if tok is not None and spelt and _acceptable(row, tok, self.delta, self.k):
-                    self._take(out, ids, row, tok)
-                    pos += spelt
-                    continue
+                # the reference's own best reading of the next bytes wins over the canonical
+                # split: a correct worker generated exactly that token
                 found = self._candidate(row, rest, allow_invisible=want_more)
                 if found is None and not rest:
                     out.complete = True  # text accounted for; the caller compares the counts
@@ -190,6 +187,8 @@ class Aligner:
                 cand, n = found
                 self._take(out, ids, row, cand)
                 pos += n
+                if cand == tok:
+                    continue  # the canonical split agrees: the rows after it stay valid
                 guess = self._canonical(data[pos:])
                 restart = True
                 break

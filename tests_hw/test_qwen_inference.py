@@ -35,7 +35,8 @@ GOLDEN_PROMPTS = {"short": SHORT, "long": LONG}
 BACKENDS = [backend_param(b) for b in ("metal", "cuda", "cpu")]
 WORKS_ITEM = {"metal": "Qwen works on Metal (mac)", "cuda": "Qwen works on CUDA (workstation)",
               "cpu": "Qwen works on CPU (this pool)"}
-_BULKY = ("streams", "token_streams", "tokens_per_sec")  # shown as "streams" instead
+_BULKY = ("streams", "token_streams", "tokens_per_sec", "comparisons")  # shown elsewhere
+REFERENCE_ITEM = "Output agrees with the reference implementation"
 
 _STREAMS: dict[str, list[StreamResult]] = {}  # every stream per backend, for checks (e), (f)
 _LOG_START: dict[str, tuple[str, int]] = {}    # log path and size before the first request
@@ -86,15 +87,51 @@ def _verdict(outcome: ic.CheckOutcome, expected: str, *where: str | Path) -> Non
     expect(outcome.ok, expected, outcome.message, " and ".join(dict.fromkeys(map(str, where))))
 
 
+def _agrees(reference_runner, gate_record: dict[str, Any], results: list[StreamResult],
+            log_path: Path) -> None:
+    """The items that say the worker *works* require its output to be right, not only
+    well-formed: each greedy stream is held against the reference (skipped with --reference
+    off, which the report header and the reference item show)."""
+    if reference_runner is None:
+        return
+    out = ic.check_reference(reference_runner, results)
+    _record(gate_record, out, [])
+    gate_record["reference"] = reference_runner.identity
+    _verdict(out, "the worker's tokens agree with the reference implementation", log_path)
+
+
 @pytest.mark.parametrize("backend", [
     backend_param(b, pytest.mark.gate(SECTION, WORKS_ITEM[b])) for b in ("metal", "cuda", "cpu")
 ])
-def test_qwen_works(backend, worker_factory, gate_record):
-    """spawn -> greedy inference (the seed's request) -> answer with tokens."""
+def test_qwen_works(backend, worker_factory, reference_runner, gate_record):
+    """spawn -> greedy inference (the seed's request) -> answer with tokens that agree with
+    the reference implementation."""
     handle = _worker(worker_factory, backend, gate_record)
     out = ic.check_answer(_run(handle, backend, SHORT, "works"), "the seed's request")
     _record(gate_record, out)
     _verdict(out, "the seed's request: started, tokens, end (no error event, contract kept)",
+             handle.log_path)
+    _agrees(reference_runner, gate_record, out.results, handle.log_path)
+
+
+@pytest.mark.gate(SECTION, REFERENCE_ITEM)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_output_agrees_with_reference(backend, worker_factory, reference_runner, gate_record):
+    """Every greedy stream of this backend (the gate prompts, fresh, and every earlier check's)
+    agrees token by token with an independent implementation on the same model files."""
+    if reference_runner is None:
+        pytest.skip("reference check off (--reference off): the worker's output is judged only "
+                    "against itself")
+    handle = _worker(worker_factory, backend, gate_record)
+    fresh = [_run(handle, backend, prompt, f"ref-{name}")
+             for name, prompt in {**ic.GATE_PROMPTS, **GOLDEN_PROMPTS}.items()]
+    out = ic.check_reference(reference_runner, _STREAMS.get(backend, fresh))
+    _record(gate_record, out, fresh)
+    gate_record["reference"] = reference_runner.identity
+    gate_record["reference comparisons"] = out.details.get("comparisons")
+    gate_record["largest gap (sigma)"] = round(float(out.details.get("max_gap") or 0.0), 4)
+    _verdict(out, "each greedy token is the reference's top-1 or within the margin "
+                  f"(delta {reference_runner.delta} sigma, top {reference_runner.k})",
              handle.log_path)
 
 
@@ -187,29 +224,38 @@ def test_streams_obey_contract(backend, worker_factory, gate_record):
 
 @pytest.mark.gate(SECTION, "Tokens are generated")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tokens_generated(backend, worker_factory, gate_record):
-    """max_tokens tokens generated per the log's "Inference completed" (fewer only at EOS),
-    pieces with text, and the log's piece count equals the token events."""
+def test_tokens_generated(backend, worker_factory, reference_runner, gate_record):
+    """max_tokens tokens generated per the log's "Inference completed" (fewer only at EOS,
+    where the reference expects it), pieces with text, the log's piece count equals the
+    token events, and the tokens agree with the reference implementation."""
     handle = _worker(worker_factory, backend, gate_record)
     out = ic.check_tokens_generated(_run(handle, backend, SHORT, "tokens"), MAX_TOKENS,
                                     "the greedy request")
     _record(gate_record, out)
     _verdict(out, f"{MAX_TOKENS} tokens generated per the worker log (fewer only at EOS), "
                   "pieces with text, the log's counts equal the stream's", handle.log_path)
+    _agrees(reference_runner, gate_record, out.results, handle.log_path)
 
 
 @pytest.mark.gate(SECTION, "Tokens are generated")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_golden_tokens(backend, lab, worker_factory, gate_record):
-    """(g) greedy tokens equal the golden file of this model and backend (record with
-    --update-golden); across backends the common prefix must reach --golden-min-prefix."""
+def test_golden_tokens(backend, lab, worker_factory, reference_runner, gate_record):
+    """(g) greedy tokens equal the golden file of this model and backend, a per-hardware
+    regression check on top of the reference (--update-golden records only output that
+    agrees with it; a missing golden passes when it agrees); across backends the common
+    prefix must reach --golden-min-prefix."""
     handle = _worker(worker_factory, backend, gate_record)
     results = ic.run_prompts(handle.uri, GOLDEN_PROMPTS, MAX_TOKENS, log_path=handle.log_path)
     _STREAMS.setdefault(backend, []).extend(results.values())
+    problems = None
+    if reference_runner is not None:
+        judged = ic.check_reference(reference_runner, list(results.values()))
+        problems = [] if judged.ok else [judged.message]
     out = ic.check_golden(GOLDEN_DIR, worker_factory.model_id, backend, results,
                           update=lab.settings.update_golden,
                           min_common_prefix=lab.settings.golden_min_prefix,
-                          worker_binary_sha256=handle.binary_sha256)
+                          worker_binary_sha256=handle.binary_sha256,
+                          reference_problems=problems)
     _record(gate_record, out)
     if "cross_backend_prefixes" in out.details:  # the golden was compared or recorded
         gate_record["cross-backend common prefix"] = out.details["cross_backend_prefixes"]
