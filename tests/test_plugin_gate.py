@@ -121,6 +121,8 @@ def test_canary_token_never_leaks(healthy, run):
 
 FAULTS = [
     ("broadcast", "interleaved or no_error_patterns", r"cannot broadcast|broadcast_add"),
+    ("qwen_cache_bug", "greedy_repeat or no_error_patterns",
+     r"the KV cache is never cleared for Qwen: every prompt of two or more tokens fails"),
     ("drift", "greedy_repeat", r"request 2 identical to request 1"),
     ("panic_after_first", "greedy_repeat", r"greedy request 2 of 3"),
     ("ignore_signals", "worker_stop_stops", r"graceful stop"),
@@ -143,3 +145,78 @@ def test_never_ready_fails_with_ready_timeout(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 1, out[-6000:]
     assert re.search(r"ready", out) and "CP3 gate verdict: FAIL" in out, out[-6000:]
+
+
+QWEN_DIAGNOSIS = ("the KV cache is never cleared for Qwen: every prompt of two or more tokens "
+                  "fails once the cache holds anything")
+ALL_BACKENDS = ("cpu", "cuda", "metal")
+
+
+def run_real_gate(tmp: Path, faults: str, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """The gate against the reference worker installed under all three real binary names
+    (cuda and metal play their binaries: device flag, warm-up), every backend selected."""
+    from tests.test_gaterun import install_worker
+
+    bin_dir = tmp / "bin"
+    for backend in ALL_BACKENDS:
+        install_worker(bin_dir, backend)
+    res = run_gate(tmp, "-m", "cpu or cuda or metal", "--llorch-bin-dir", str(bin_dir),
+                   "--backend-available", "cuda", "--backend-available", "metal",
+                   "--gate-model", "tiny-qwen", "--gate-json", str(tmp / "g.json"), *args,
+                   faults=faults)
+    doc = json.loads((tmp / "g.json").read_text()) if (tmp / "g.json").is_file() else {}
+    return res, doc
+
+
+def _failed(doc: dict, test_name: str) -> dict[str, str]:
+    """backend -> failure reason of each failed instance of a test in the gate JSON."""
+    return {r["backend"]: r["reason"] or "" for r in doc.get("items", [])
+            if test_name in (r.get("nodeid") or "") and r.get("status") == "fail"}
+
+
+@pytest.mark.slow
+def test_qwen_cache_bug_is_diagnosed_on_every_backend(tmp_path):
+    """The real CP3 bug fails the gate with the diagnosis in words on cpu, cuda and metal;
+    on cuda and metal (warm-up filled the cache) even the first request fails."""
+    res, doc = run_real_gate(tmp_path, "qwen_cache_bug", "-k", "qwen_works or greedy_repeat")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-6000:]
+    assert "REAL LAB" in out and "CP3 gate verdict: FAIL" in out
+    assert QWEN_DIAGNOSIS in out
+    assert set(_failed(doc, "test_greedy_repeat_identical")) == set(ALL_BACKENDS), out[-6000:]
+    statuses = _item_statuses(doc)
+    assert statuses["Qwen Testing / No broadcasting errors"] == "fail"
+    assert statuses["Qwen Testing / Qwen works on CUDA (workstation)"] == "fail"
+    assert statuses["Qwen Testing / Qwen works on Metal (mac)"] == "fail"
+    assert statuses["Qwen Testing / Qwen works on CPU (this pool)"] == "pass"  # 1st request
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["decode_positions", "swapped_layers"])
+def test_wrong_but_deterministic_worker_fails_the_reference_item(tmp_path, fault):
+    """Deterministic but wrong output passes every self-comparison and fails the reference
+    item on every backend name, with position, expected and got."""
+    res, doc = run_real_gate(tmp_path, fault,
+                             "-k", "greedy_repeat or output_agrees or qwen_works")
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-6000:]
+    statuses = _item_statuses(doc)
+    assert statuses["Qwen Testing / Output agrees with the reference implementation"] == "fail"
+    assert statuses["Qwen Testing / No broadcasting errors"] == "pass"  # repeats agree
+    assert set(_failed(doc, "test_output_agrees_with_reference")) == set(ALL_BACKENDS), \
+        out[-6000:]
+    assert "outside the reference's margin: expected" in out and "(id " in out
+    assert "text so far" in out
+
+
+@pytest.mark.slow
+def test_reference_off_is_explicit_in_header_and_verdict(tmp_path):
+    res = run_gate(tmp_path, "-k", "output_agrees or qwen_works", "--reference", "off",
+                   "--gate-json", str(tmp_path / "g.json"))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+    assert out.count("REFERENCE CHECK OFF") >= 2, out[-4000:]  # header and summary
+    doc = json.loads((tmp_path / "g.json").read_text())
+    assert doc["verdict"] != "pass"
+    statuses = _item_statuses(doc)
+    assert statuses["Qwen Testing / Output agrees with the reference implementation"] == "skip"
