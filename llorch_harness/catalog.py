@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from filelock import FileLock, Timeout
 
 from .errors import HarnessError
-from .fsutil import atomic_write_text
+from .fsutil import atomic_write_text, loads_json_strict, read_regular_text
 from .paths import PoolPaths, validate_model_id, validate_repo_id
 
 CATALOG_VERSION = "1.0"
@@ -41,9 +41,9 @@ class ModelEntry:
     id: str
     name: str
     path: str
-    format: str = "safetensors"
+    format: str | None = "safetensors"  # JSON null stays null (never the text "None")
     size_gb: float = 0.0
-    architecture: str = ""
+    architecture: str | None = ""
     downloaded: bool = False
     backends: list[str] = field(default_factory=lambda: list(VALID_BACKENDS))
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -51,7 +51,8 @@ class ModelEntry:
 
     @property
     def repo(self) -> str:
-        return str(self.metadata.get("repo", ""))
+        value = self.metadata.get("repo")
+        return value if isinstance(value, str) else ""  # null is no repo, not "None"
 
     @classmethod
     def from_json(cls, raw: Any, where: str) -> ModelEntry:
@@ -76,9 +77,9 @@ class ModelEntry:
             id=raw["id"],
             name=raw["name"],
             path=raw["path"],
-            format=str(raw.get("format", "safetensors")),
+            format=_text_or_null(raw, "format", "safetensors", where),
             size_gb=float(size),
-            architecture=str(raw.get("architecture", "")),
+            architecture=_text_or_null(raw, "architecture", "", where),
             downloaded=downloaded,
             backends=list(backends),
             metadata=dict(metadata),
@@ -101,10 +102,21 @@ class ModelEntry:
         return out
 
 
+def _text_or_null(raw: dict[str, Any], key: str, default: str, where: str) -> str | None:
+    """A text field as read: a string, or None for JSON null (written back as null, never
+    as the string "None"); absent gives the default; any other type is refused."""
+    if key not in raw:
+        return default
+    value = raw[key]
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{where}: '{key}' must be a string or null")
+    return value
+
+
 @dataclass
 class Catalog:
-    version: str = CATALOG_VERSION
-    pool_id: str = field(default_factory=socket.gethostname)
+    version: str | None = CATALOG_VERSION
+    pool_id: str | None = field(default_factory=socket.gethostname)
     updated_at: str = field(default_factory=utc_now)
     models: list[ModelEntry] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -126,7 +138,7 @@ class Catalog:
 
     @classmethod
     def parse(cls, text: str) -> Catalog:
-        raw = json.loads(text)
+        raw = loads_json_strict(text)  # a lone surrogate could be neither printed nor saved
         if not isinstance(raw, dict):
             raise ValueError("top level must be a JSON object")
         models_raw = raw.get("models", [])
@@ -138,9 +150,9 @@ class Catalog:
         if dupes:
             raise ValueError(f"duplicate model ids: {', '.join(dupes)}")
         return cls(
-            version=str(raw.get("version", CATALOG_VERSION)),
-            pool_id=str(raw.get("pool_id", socket.gethostname())),
-            updated_at=str(raw.get("updated_at", utc_now())),
+            version=_text_or_null(raw, "version", CATALOG_VERSION, "catalog"),
+            pool_id=_text_or_null(raw, "pool_id", socket.gethostname(), "catalog"),
+            updated_at=str(raw.get("updated_at", utc_now())),  # rewritten on every save
             models=models,
             extra={k: v for k, v in raw.items()
                    if k not in ("version", "pool_id", "updated_at", "models")},
@@ -150,9 +162,13 @@ class Catalog:
     def load(cls, path: Path) -> Catalog:
         """Missing file: an empty catalog. Unparseable: an error naming file and cause."""
         try:
-            text = path.read_text(encoding="utf-8")
+            # never open a FIFO or a device: reading one would block every command
+            text = read_regular_text(path, "catalog",
+                                     "move it aside; the catalog must be a regular file")
         except FileNotFoundError:
             return cls()
+        except HarnessError:
+            raise
         except (OSError, UnicodeDecodeError) as exc:
             raise HarnessError(
                 f"cannot read catalog {path}: {exc}",
@@ -181,7 +197,7 @@ class Catalog:
 
 
 def catalog_lock(paths: PoolPaths) -> FileLock:
-    paths.models_dir.mkdir(parents=True, exist_ok=True)
+    paths.writable_dir(paths.models_dir)  # a symlinked .test-models is refused, not followed
     return FileLock(str(paths.catalog_path) + ".lock", timeout=LOCK_TIMEOUT_S)
 
 

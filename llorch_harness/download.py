@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import math
 import os
 import re
 import shutil
@@ -30,11 +31,13 @@ from urllib.parse import urlsplit, urlunsplit
 from filelock import FileLock, Timeout
 
 from . import catalog as cat
+from . import hubdeadline, redaction
 from .errors import HarnessError
 from .fsutil import git_blob_sha1_file, sha256_file
 from .hfcli import DEFAULT_PATTERNS
 from .paths import (
     PoolPaths,
+    refuse_symlinks,
     safe_join,
     validate_hub_filename,
     validate_model_id,
@@ -51,7 +54,6 @@ SIZE_GB_DECIMALS = 6  # kB resolution: exact enough for tiny models, no float no
 HF_DOWNLOAD_SUBDIR = Path(".cache") / "huggingface" / "download"
 _SHA1_RE = re.compile(r"[0-9a-f]{40}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_HF_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9]{8,}")
 
 
 # --------------------------------------------------------------------------- results
@@ -99,29 +101,44 @@ class VerifyResult:
 
 
 def scrub(text: str, token: str | None) -> str:
-    """Remove the token (and anything shaped like an HF token) from text we print."""
-    if token:
-        text = text.replace(token, "***")
-    return _HF_TOKEN_RE.sub("hf_***", text)
+    """Text we print, through the one redaction (redaction.py), the explicit token included."""
+    return redaction.redact(text, extra=[token])
 
 
 def public_endpoint(url: str) -> str:
-    """The endpoint as recorded in the catalog: no user:password, query or fragment."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+    """The endpoint as recorded in the catalog and printed: no user:password, query or
+    fragment. Never raises: an unparseable URL is shown redacted as text."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return redaction.redact(str(url), values=())
     if ":" in host:
         host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
+    netloc = host + (f":{port}" if port else "")
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
     """Explicit argument, else $HF_ENDPOINT read now (huggingface_hub reads it only at import)."""
     raw = endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    problem = None
+    try:  # `http://[::1` and `ftp://h:99999` raise here: one usage line, not a traceback
+        raw.strip().encode("utf-8")
+        parts = urlsplit(raw.strip())
+        _ = parts.port
+    except ValueError as exc:  # UnicodeEncodeError included
+        problem = str(exc) if not isinstance(exc, UnicodeError) else "not UTF-8 text"
+    else:
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = "not http(s)://HOST[:PORT]"
+        elif any(c.isspace() or not c.isprintable() for c in raw.strip()):
+            problem = "it holds white space or control characters"
+    if problem is not None:
+        shown = public_endpoint(raw) if problem != "not UTF-8 text" else ascii(raw)
         raise HarnessError(
-            f"invalid hub endpoint {public_endpoint(raw)!r}",
+            f"invalid hub endpoint {shown!r}: {problem}",
             "set HF_ENDPOINT to http(s)://HOST[:PORT], or unset it for huggingface.co",
             exit_code=2,
         )
@@ -256,12 +273,31 @@ def model_lock_path(paths: PoolPaths, model_id: str) -> Path:
     return paths.models_dir / LOCKS_DIRNAME / f"{model_id}.lock"
 
 
+def write_targets(model_dir: Path, names: Iterable[str] = ()) -> list[Path]:
+    """Every path a download writes or deletes in `model_dir`: the files, and
+    huggingface_hub's bookkeeping under `.cache/huggingface` (locks, metadata, partials)."""
+    meta = model_dir / HF_DOWNLOAD_SUBDIR
+    out = [model_dir, meta, meta.parent / ".gitignore", meta.parent / "CACHEDIR.TAG"]
+    for name in names:
+        out += [model_dir / name, meta / f"{name}.metadata", meta / f"{name}.lock"]
+    return out
+
+
+def check_write_targets(paths: PoolPaths, model_dir: Path, names: Iterable[str] = ()) -> None:
+    """Refuse (exit 2, nothing written) if any existing component of a path the download
+    would write or delete is a symbolic link: a `.cache` link in the model directory would
+    otherwise put lock and metadata files outside the pool root and delete files there."""
+    for target in write_targets(model_dir, names):
+        refuse_symlinks(paths.root, target)
+
+
 @contextlib.contextmanager
 def model_lock(paths: PoolPaths, model_id: str, out: TextIO,
                timeout: float = MODEL_LOCK_TIMEOUT_S) -> Iterator[None]:
     """One downloader per model; the others say that they wait, then wait."""
     lock_path = model_lock_path(paths, model_id)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    paths.writable_dir(lock_path.parent)
+    refuse_symlinks(paths.root, lock_path)
     lock = FileLock(str(lock_path), timeout=timeout)
     try:
         lock.acquire(timeout=0)
@@ -282,21 +318,31 @@ def model_lock(paths: PoolPaths, model_id: str, out: TextIO,
 
 
 def remove_partials(model_dir: Path) -> list[Path]:
-    """Delete huggingface_hub's `*.incomplete` temp files (left behind by a kill)."""
+    """Delete huggingface_hub's `*.incomplete` temp files (left behind by a kill).
+
+    Never through a symbolic link: a linked `.cache`, `huggingface` or `download` directory
+    is refused, a linked subdirectory is not entered, and a linked `*.incomplete` entry is
+    removed as a link (its target stays)."""
     base = model_dir / HF_DOWNLOAD_SUBDIR
+    refuse_symlinks(model_dir, base)
     removed: list[Path] = []
-    if not base.is_dir():
+    if not os.path.isdir(base) or os.path.islink(base):
         return removed
-    for p in base.rglob("*.incomplete"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            removed.append(p)
+    for dirpath, _dirnames, filenames in os.walk(base, followlinks=False):
+        for name in filenames:
+            if not name.endswith(".incomplete"):
+                continue
+            p = Path(dirpath) / name
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
     return removed
 
 
 def discard_file(model_dir: Path, name: str) -> None:
     """Remove a file and huggingface_hub's note about it, so the next run fetches it anew."""
     for p in (model_dir / name, model_dir / HF_DOWNLOAD_SUBDIR / f"{name}.metadata"):
+        refuse_symlinks(model_dir, p.parent)
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
 
@@ -377,9 +423,18 @@ def download_model(
     endpoint: str | None = None,
     token: str | None = None,
     out: TextIO | None = None,
+    stall_timeout: float = hubdeadline.DEFAULT_STALL_S,
 ) -> DownloadResult:
-    """Download, verify, record. Already verified (and not `force`): no network at all."""
+    """Download, verify, record. Already verified (and not `force`): no network at all.
+
+    `stall_timeout`: every hub answer must complete, and every file must keep delivering
+    (hubdeadline.STALL_MIN_BYTES), within that many seconds; else one error line, and the
+    model lock is released (issue 20 #11)."""
     out = out if out is not None else sys.stdout
+    if not (isinstance(stall_timeout, int | float) and math.isfinite(stall_timeout)
+            and stall_timeout > 0):
+        raise HarnessError(f"stall timeout {stall_timeout!r} is not a positive number",
+                           "pass --stall-timeout SECONDS", exit_code=2)
     cat.read_catalog(paths)  # an unparseable catalog stops us before anything else
     entry = cat.lookup_or_register(paths, model_id)
     if not force and quick_check(paths, entry):
@@ -388,12 +443,14 @@ def download_model(
     endpoint_url = resolve_endpoint(endpoint)
     tok = resolve_token(token)
     validate_repo_id(entry.repo)
+    check_write_targets(paths, model_dir_for(paths, entry))  # before the lock file is made
     with model_lock(paths, model_id, out):
         entry = cat.read_catalog(paths).find(model_id) or entry
         if not force and quick_check(paths, entry):
             return _already(paths, entry, out)  # another process finished it while we waited
         repo = validate_repo_id(entry.repo)
-        return _download_locked(paths, entry, repo, endpoint_url, tok, force, out)
+        with hubdeadline.hub_deadlines(stall_timeout):
+            return _download_locked(paths, entry, repo, endpoint_url, tok, force, out)
 
 
 def _already(paths: PoolPaths, entry: cat.ModelEntry, out: TextIO) -> DownloadResult:
@@ -420,12 +477,14 @@ def _download_locked(paths: PoolPaths, entry: cat.ModelEntry, repo: str, endpoin
     except KeyboardInterrupt as exc:
         raise _interrupted(model_id) from exc
     except Exception as exc:  # network, 4xx/5xx, bad JSON: nothing was written
-        raise _hub_error(model_id, f"listing {repo} at {endpoint}", exc, token) from exc
+        raise _hub_error(model_id, f"listing {repo} at {public_endpoint(endpoint)}", exc,
+                         token) from exc
     files = select_files(listing, model_dir)  # refuses unsafe names before any write
+    check_write_targets(paths, model_dir, [f.path for f in files])  # and symlinks
 
     if entry.downloaded:
         _set_downloaded(paths, entry, False)  # never true while files may change
-    model_dir.mkdir(parents=True, exist_ok=True)
+    paths.writable_dir(model_dir)
     remove_partials(model_dir)
     fetched: list[str] = []
     current = ""

@@ -27,8 +27,14 @@ from urllib.parse import quote, urlsplit
 
 from . import __version__
 from .errors import HarnessError
-from .fsutil import atomic_write_text
+from .fsutil import (
+    NotRegularFileError,
+    atomic_write_text,
+    loads_json_strict,
+    read_regular_bytes,
+)
 from .gate import CHECKPOINT, GateItem, checklist
+from .redaction import redact
 
 MERGE_SCHEMA = 1
 DEFAULT_MAX_AGE_H = 24.0
@@ -107,9 +113,15 @@ def parse_time(value: Any, key: str, source: Path) -> datetime:
         raise _bad(source, f"'{key}' must be an ISO 8601 time string")
     try:
         when = datetime.fromisoformat(value)
+        # normalised to UTC here, once: `0001-01-01T00:00:00+23:59` parses, but any later
+        # arithmetic on it (its age, its UTC form) overflows
+        when = (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
     except ValueError:
         raise _bad(source, f"'{key}' is not an ISO 8601 time: {value[:40]!r}") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    except OverflowError:
+        raise _bad(source, f"'{key}' {value[:40]!r} lies outside the years 1..9999 in UTC") \
+            from None
+    return when
 
 
 def _outcome(raw: Any, index: int, source: Path) -> TestOutcome:
@@ -206,19 +218,24 @@ def parse_result(doc: Any, source: Path, name: str | None = None) -> PoolResult:
 def load_result(path: Path, name: str | None = None) -> PoolResult:
     """Read and validate one `--gate-json` file (HarnessError exit 2 on any problem)."""
     try:
-        size = path.stat().st_size
-        if size > _MAX_RESULT_BYTES:
-            raise _bad(path, f"too large ({size} bytes) for a gate result")
-        text = path.read_text(encoding="utf-8")
+        # a FIFO or a device would block or never end: only a regular file is read
+        data = read_regular_bytes(path, "gate result", limit=_MAX_RESULT_BYTES + 1)
+        if len(data) > _MAX_RESULT_BYTES:
+            raise _bad(path, f"too large (over {_MAX_RESULT_BYTES} bytes) for a gate result")
+        text = data.decode("utf-8")
+    except NotRegularFileError as exc:
+        raise _bad(path, f"is {exc.kind}, not a regular file") from None
     except OSError as exc:
         raise _bad(path, f"cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise _bad(path, "not UTF-8 text") from None
     try:
-        doc = json.loads(text)
+        doc = loads_json_strict(text)
     except json.JSONDecodeError as exc:
         raise _bad(path, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") \
             from None
+    except (ValueError, RecursionError) as exc:
+        raise _bad(path, f"not usable JSON: {exc}") from None
     return parse_result(doc, path, name)
 
 
@@ -603,11 +620,11 @@ def write_outputs(m: MergedGate, reports: Mapping[str, Path | str | None], *,
                   html_path: Path | None, json_path: Path | None) -> None:
     """Write the merged HTML and JSON atomically; links are relative to each file's folder."""
     try:
-        if html_path is not None:
-            atomic_write_text(html_path, render_html(m, reports, html_path.parent))
+        if html_path is not None:  # reports pass the one redaction, like the pools' own
+            atomic_write_text(html_path, redact(render_html(m, reports, html_path.parent)))
         if json_path is not None:
             doc = to_json(m, reports, json_path.parent)
-            atomic_write_text(json_path, json.dumps(doc, indent=2) + "\n")
+            atomic_write_text(json_path, redact(json.dumps(doc, indent=2)) + "\n")
     except OSError as exc:
         raise HarnessError(f"cannot write the merged report: {exc.strerror or exc} "
                            f"({exc.filename or ''})", exit_code=2) from None

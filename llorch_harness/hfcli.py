@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .redaction import redact
+
 DEFAULT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.json", "tokenizer.model")
 HF_CLI_NAME = "hf"
 VERSION_TIMEOUT_S = 60.0
@@ -86,7 +88,7 @@ def check_hf_cli(timeout: float = VERSION_TIMEOUT_S) -> HfCliStatus:
                                    f"hf {version} at {path} is too old (need >= {MIN_MAJOR}.0; "
                                    "pip install -U 'huggingface_hub[cli]')")
             return HfCliStatus(path, version, True, f"hf {version} at {path}")
-        tail = (proc.stderr or proc.stdout).strip().splitlines()
+        tail = redact((proc.stderr or proc.stdout).strip()).splitlines()
         last = f"`{path} {' '.join(args)}` exited {proc.returncode}" + (
             f": {tail[-1][:200]}" if tail else "")
     return HfCliStatus(path, None, False, last or f"{path} printed no version")

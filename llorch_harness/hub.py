@@ -139,6 +139,7 @@ class _Rule:
     error_code: str = ""
     seconds: float = 0.0
     after_bytes: int | None = None
+    mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,8 @@ class _BodyFaults:
     corrupt: bool = False
     stall_after: int | None = None
     stall_seconds: float = 0.0
+    trickle_bytes: int | None = None  # send the body this many bytes at a time ...
+    trickle_seconds: float = 0.0  # ... with this pause between (progress, never enough)
 
     @property
     def names(self) -> list[str]:
@@ -157,6 +160,8 @@ class _BodyFaults:
             out.append("corrupt")
         if self.stall_after is not None:
             out.append("stall")
+        if self.trickle_bytes is not None:
+            out.append("trickle")
         return out
 
 
@@ -209,6 +214,27 @@ class HubFaults:
     ) -> None:
         """Sleep `seconds` before answering, or after `after_bytes` of a resolve GET body."""
         self._add(_Rule("stall", path_glob, times, seconds=seconds, after_bytes=after_bytes))
+
+    def trickle(
+        self,
+        path_glob: str | None,
+        n_bytes: int = 1,
+        seconds: float = 0.1,
+        times: int | None = None,
+    ) -> None:
+        """Send matching answers `n_bytes` at a time with `seconds` between: bytes keep
+        coming, so no per-read timeout ever fires, yet a file never completes. Applies to
+        resolve GET bodies and to API answers (info, tree) alike; ends when the hub stops."""
+        self._add(_Rule("trickle", path_glob, times, n_bytes=max(1, n_bytes),
+                        seconds=max(0.0, seconds)))
+
+    def tree_links(self, mode: str = "self", times: int | None = None) -> None:
+        """Break tree pagination: every listing page carries `Link: rel="next"` to
+        `self` (the same URL again), `cycle` (two URLs that link to each other), or
+        `endless` (a new URL every time, the same entries on each page)."""
+        if mode not in ("self", "cycle", "endless"):
+            raise ValueError(f"tree_links mode must be self, cycle or endless, not {mode!r}")
+        self._add(_Rule("tree_links", None, times, mode=mode))
 
     def clear(self) -> None:
         """Remove every fault."""
@@ -453,7 +479,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data = json.dumps(obj).encode()
         self._head(status, {"Content-Type": "application/json; charset=utf-8", **(headers or {})},
                    len(data))
-        self._body(data)
+        trickle = getattr(self, "_trickle", None)
+        if trickle is None or self.command == "HEAD":
+            self._body(data)
+            return
+        hub = self.server.hub
+        for i in range(0, len(data), trickle.n_bytes):  # bytes keep coming, never enough
+            self._body(data[i:i + trickle.n_bytes])
+            self.wfile.flush()
+            if hub._stopping.wait(trickle.seconds):
+                self.close_connection = True
+                return
 
     def _error(
         self, status: int, message: str, code: str | None = None, route: str | None = None
@@ -511,6 +547,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if rule is not None:
             self._live.faults.append("stall")
             hub._stopping.wait(rule.seconds)
+        self._trickle = None
+        if route in ("info", "tree"):  # resolve bodies take theirs in _resolve
+            self._trickle = hub.faults._take("trickle", targets)
+            if self._trickle is not None:
+                self._live.faults.append("trickle")
 
         if route == "telemetry":
             self._error(404, "not served by the local hub")
@@ -630,7 +671,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 f"&expand={q.get('expand', ['false'])[0]}&cursor={start + size}"
             )
             headers["Link"] = f'<{nxt}>; rel="next"'
+        links = self.server.hub.faults._take("tree_links", [])
+        if links is not None:
+            self._live.faults.append(f"tree_links:{links.mode}")
+            headers["Link"] = f'<{self._broken_next(links.mode)}>; rel="next"'
         self._json(200, page, headers)
+
+    def _broken_next(self, mode: str) -> str:
+        """The next-page URL a broken hub sends: itself, its twin, or a new one each time."""
+        host = self.headers.get("Host", "")
+        if not _HOST_RE.match(host):
+            host = self.server.hub.url.split("://", 1)[1]
+        base = f"http://{host}{self.path}"
+        if mode == "self":
+            return base
+        plain = re.sub(r"[&?]loop=\d+", "", base)
+        sep = "&" if "?" in plain else "?"
+        if mode == "cycle":
+            return plain if plain != base else f"{plain}{sep}loop=1"
+        return f"{plain}{sep}loop={self.server.hub._next_loop()}"
 
     def _resolve(self, repo: _Repo, rel: str, targets: list[str]) -> None:
         hub = self.server.hub
@@ -669,11 +728,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         drop = hub.faults._take("drop_after", targets)
         bad = hub.faults._take("corrupt", targets)
         stall = hub.faults._take("stall", targets, pred=lambda r: r.after_bytes is not None)
+        trickle = hub.faults._take("trickle", targets)
         body = _BodyFaults(
             drop_after=drop.n_bytes if drop else None,
             corrupt=bad is not None,
             stall_after=stall.after_bytes if stall else None,
             stall_seconds=stall.seconds if stall else 0.0,
+            trickle_bytes=trickle.n_bytes if trickle else None,
+            trickle_seconds=trickle.seconds if trickle else 0.0,
         )
         self._live.faults += body.names
         try:
@@ -697,6 +759,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 stalled = True
             stop = limit if stalled else min(limit, faults.stall_after or 0)
             want = min(SENDFILE_CHUNK, stop - pos)
+            if faults.trickle_bytes is not None:
+                if pos and hub._stopping.wait(faults.trickle_seconds):
+                    break  # the hub stops: end the trickle (the client sees a short body)
+                want = min(want, faults.trickle_bytes)
             self._live.bytes_sent += want  # counted first (see _Live), corrected below
             if faults.corrupt:
                 fh.seek(start + pos)
@@ -770,6 +836,8 @@ class LocalHub:
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._loop_counter = 0
+        self._loop_lock = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -846,6 +914,11 @@ class LocalHub:
         if repo is None:
             raise KeyError(repo_id)
         return repo.sha
+
+    def _next_loop(self) -> int:
+        with self._loop_lock:
+            self._loop_counter += 1
+            return self._loop_counter
 
     def _add_record(self, live: _Live) -> None:
         with self._records_lock:
@@ -945,12 +1018,29 @@ def build_embedded_hub_root(dest: Path, seed: int = 0) -> Path:
     return Path(dest)
 
 
+def _int_arg(low: int, high: int, what: str) -> Any:
+    """argparse type: an integer in [low, high]; anything else is a usage error (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `llorch-harness hub serve`."""
     parser.add_argument("dir", metavar="DIR", help="hub root: repos live in DIR/ORG/NAME/")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port (default 0: a free one)")
-    parser.add_argument("--page-size", type=int, default=DEFAULT_PAGE_SIZE,
+    parser.add_argument("--port", type=_int_arg(0, 65535, "port"), default=0,
+                        help="port 0..65535 (default 0: a free one)")
+    parser.add_argument("--page-size", type=_int_arg(1, 10**6, "page size"),
+                        default=DEFAULT_PAGE_SIZE,
                         help=f"tree entries per page (default {DEFAULT_PAGE_SIZE})")
 
 

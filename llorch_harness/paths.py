@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import HarnessError
+from .fsutil import first_symlink
 
 POOL_ROOT_ENV = "LLORCH_POOL_ROOT"
 MODELS_DIRNAME = ".test-models"
@@ -43,6 +44,43 @@ def _file_name_id(value: str, what: str, hint: str) -> str:
     if not isinstance(value, str) or not _ID_RE.fullmatch(value) or ".." in value:
         raise HarnessError(f"invalid {what} {printable(value)}", hint, exit_code=2)
     return value
+
+
+def validate_pool_key(value: object, what: str = "pool root") -> str:
+    """A pool root read from outside (another process's marker, a worker record): used to
+    build paths only if it is an absolute, normalised path, so no '..' or relative part can
+    move a write elsewhere. Check it (and the worker id) before any path is built."""
+    bad = (
+        not isinstance(value, str)
+        or not value.startswith("/")
+        or value.startswith("//")
+        or len(value) > 4096
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+        or os.path.normpath(value) != value
+    )
+    if bad:
+        raise HarnessError(f"invalid {what} {printable(value)}",
+                           "a pool root is an absolute path without '.', '..' or '//'",
+                           exit_code=2)
+    return str(value)
+
+
+def refuse_symlinks(root: Path, path: Path) -> Path:
+    """`path` if no existing component below `root` is a symbolic link (or it lies outside
+    `root`); else one-line HarnessError naming the link. For everything written or deleted
+    under the pool root: a link there would move the write outside it."""
+    norm_root, norm = os.path.normpath(root), os.path.normpath(path)
+    if norm != norm_root and not norm.startswith(norm_root.rstrip("/") + "/"):
+        raise HarnessError(f"refusing to write {path}: it lies outside the pool root {root}",
+                           "check the pool layout", exit_code=2)
+    link = first_symlink(root, path)
+    if link is not None:
+        raise HarnessError(
+            f"refusing to write through the symbolic link {link} under the pool root {root}",
+            "replace the link with a real directory or file inside the pool root, then retry",
+            exit_code=2,
+        )
+    return path
 
 
 def validate_repo_id(repo_id: str) -> str:
@@ -138,6 +176,13 @@ class PoolPaths:
 
     def model_dir(self, model_id: str) -> Path:
         return self.models_dir / validate_model_id(model_id)
+
+    def writable_dir(self, path: Path) -> Path:
+        """Create `path` (a directory under the pool root) after proving that no component
+        of it is a symbolic link; checked again after creation (someone may race us)."""
+        refuse_symlinks(self.root, path)
+        path.mkdir(parents=True, exist_ok=True)
+        return refuse_symlinks(self.root, path)
 
     def relative(self, path: Path) -> str:
         """Paths in the catalog are pool-relative, as CP2/CP3 write them."""

@@ -10,15 +10,18 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from . import redaction
 from .errors import HarnessError
-from .paths import printable, resolve_pool_root
+from .paths import POOL_ROOT_ENV, printable, resolve_pool_root
 
 POOLS_FILENAME = "pools.toml"
+MAX_POOLS_FILE_BYTES = 1024 * 1024
 SSH_CONFIG_ENV = "LLORCH_SSH_CONFIG"
 DEFAULT_LLORCH_POOL = "llorch-pool"
 DEFAULT_CONNECT_TIMEOUT = 10
@@ -29,7 +32,6 @@ _USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
 _IPV6_RE = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_SECRET_NAME_RE = re.compile(r"(?i)token|secret|passw|key|credential|auth")
 _TOP_KEYS = {"pools", "ssh_config", "connect_timeout"}
 _POOL_KEYS = {
     "host", "root", "llorch_pool", "backends", "env", "port", "ssh_config", "user",
@@ -38,8 +40,8 @@ _POOL_KEYS = {
 
 
 def is_secret_name(name: str) -> bool:
-    """Env names that look like credentials: their values are never printed."""
-    return _SECRET_NAME_RE.search(name) is not None
+    """Env names that look like credentials: their values are never printed (redaction.py)."""
+    return redaction.is_secret_name(name)
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,8 @@ class PoolConfig:
         return self.name if self.name == self.host else f"{self.name} ({self.host})"
 
     def redacted_env(self) -> dict[str, str]:
-        return {k: ("***" if is_secret_name(k) else v) for k, v in self.env.items()}
+        """For display: secret names, token-shaped values and URL credentials masked."""
+        return redaction.redact_env(self.env)
 
 
 @dataclass(frozen=True)
@@ -186,12 +189,63 @@ class PoolsFile:
         return self.pools.get(name)
 
 
+def user_pools_file() -> Path | None:
+    """`$XDG_CONFIG_HOME/llorch/pools.toml`, else `~/.config/llorch/pools.toml`.
+
+    A relative XDG_CONFIG_HOME is ignored (the XDG rule): it would name a directory below
+    wherever the command happens to run."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "llorch" / POOLS_FILENAME
+    try:
+        return Path.home() / ".config" / "llorch" / POOLS_FILENAME
+    except RuntimeError:  # no home directory known
+        return None
+
+
 def default_pools_file(pool_root: str | None = None) -> Path | None:
-    """`pools.toml` in the local pool root, else the user's config directory; None if neither."""
-    candidates = [resolve_pool_root(pool_root) / POOLS_FILENAME]
-    config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    candidates.append(Path(config_home) / "llorch" / POOLS_FILENAME)
+    """`pools.toml` in the pool root the user *named* (--pool-root or $LLORCH_POOL_ROOT),
+    else the user's config file; None if neither exists.
+
+    Never the current directory by default: a pools file can make ssh run commands
+    (`ssh_config` with ProxyCommand, `llorch_pool`), so one planted in a directory someone
+    merely `cd`s into must not be loaded. Every file found is still checked by
+    load_pools_file (owner, permissions).
+    """
+    candidates: list[Path] = []
+    named_root = pool_root if pool_root not in (None, "") else os.environ.get(POOL_ROOT_ENV)
+    if named_root:
+        candidates.append(resolve_pool_root(named_root) / POOLS_FILENAME)
+    user_file = user_pools_file()
+    if user_file is not None:
+        candidates.append(user_file)
     return next((c for c in candidates if c.is_file()), None)
+
+
+def check_trusted_file(path: Path, what: str, st: os.stat_result | None = None) -> None:
+    """A file that decides what runs (a pools file, the ssh config it names) must be a
+    regular file owned by the user (or root) and writable by nobody else; else one line
+    naming the file and the fix (exit 2). The same rule ssh applies to ~/.ssh/config."""
+    if st is None:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise HarnessError(f"cannot read {what} {path}: {exc.strerror or exc}",
+                               exit_code=2) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise HarnessError(f"{what} {path} is not a regular file",
+                           "point to a regular file you own", exit_code=2)
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is not None and st.st_uid not in (geteuid(), 0):
+        raise HarnessError(
+            f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {geteuid()})",
+            "only your own files are trusted: copy it, check it, then chown it to yourself",
+            exit_code=2)
+    if st.st_mode & 0o022:
+        who = {0o020: "group", 0o002: "others"}.get(st.st_mode & 0o022, "group and others")
+        raise HarnessError(
+            f"{what} {path} is writable by {who}",
+            f"run: chmod go-w {shlex.quote(str(path))}", exit_code=2)
 
 
 def find_pools_file(explicit: str | None, pool_root: str | None = None) -> Path | None:
@@ -211,7 +265,13 @@ def load_pools(explicit: str | None = None, pool_root: str | None = None) -> Poo
 def load_pools_file(path: Path) -> PoolsFile:
     """Parse and validate the whole file; the first problem is one line naming file and key."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:  # checked on the open file: no swap between check and read
+            check_trusted_file(path, "pools file", os.fstat(fh.fileno()))
+            data = fh.read(MAX_POOLS_FILE_BYTES + 1)
+        if len(data) > MAX_POOLS_FILE_BYTES:
+            raise HarnessError(f"pools file {path} is larger than "
+                               f"{MAX_POOLS_FILE_BYTES // 1024} KiB", exit_code=2)
+        raw = tomllib.loads(data.decode("utf-8"))
     except OSError as exc:
         raise HarnessError(f"cannot read pools file {path}: {exc.strerror or exc}",
                            exit_code=2) from None
@@ -343,6 +403,10 @@ def _ssh_config(path: Path, key: str, value: Any) -> Path | None:
         cfg = path.parent / cfg
     if not cfg.is_file():
         raise _fail(path, key, f"ssh config file {cfg} not found")
+    try:
+        check_trusted_file(cfg, "ssh config file")
+    except HarnessError as err:
+        raise _fail(path, key, err.one_line()) from None
     return cfg
 
 

@@ -2,7 +2,10 @@
 
 A pid alone is not an identity: pids are reused. We identify a worker by pid +
 create time + the marker environment variables every spawned process carries,
-and we never signal a process that fails that check.
+and we never signal a process that fails that check. What cannot be read is not
+proof: an unreadable or empty environment (or command line) means "not ours".
+A marker is someone else's text, too: its worker id and pool root are checked
+(paths.validate_worker_id, paths.validate_pool_key) before anything uses them.
 """
 
 from __future__ import annotations
@@ -16,16 +19,21 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from .errors import HarnessError
+from .paths import validate_pool_key, validate_worker_id
+
 MARKER_WORKER_ENV = "LLORCH_HARNESS_WORKER"
 MARKER_POOL_ENV = "LLORCH_HARNESS_POOL"
 SESSION_ENV = "LLORCH_HARNESS_SESSION"
 CREATE_TIME_TOLERANCE_S = 1.0
+ENVIRON_TRIES = 5  # an empty environment is re-read a few times (a process inside exec())
+ENVIRON_RETRY_S = 0.02
 STOP_TERM_WAIT_S = 3.0  # after SIGTERM, before SIGKILL
 _POLL_S = 0.01
 
@@ -62,26 +70,65 @@ def _reap_if_child(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def read_marker(proc: psutil.Process) -> tuple[str, str, str | None] | None:
-    """(worker_id, pool_root, session) from the environment; None if absent or unreadable."""
-    try:
-        env = proc.environ()
-    except (psutil.Error, OSError):
-        return None
+def parse_marker(env: Mapping[str, str]) -> tuple[str, str, str | None] | None:
+    """(worker_id, pool_root, session) from an environment; None if absent or malformed.
+
+    A marker whose worker id is not a valid id or whose pool root is not an absolute,
+    normalised path is nobody's: `/../../../../tmp/x` must never become part of a path.
+    """
     wid = env.get(MARKER_WORKER_ENV)
     pool = env.get(MARKER_POOL_ENV)
     if not wid or not pool:
         return None
+    try:
+        validate_worker_id(wid)
+        validate_pool_key(pool)
+    except HarnessError:
+        return None
     return wid, pool, env.get(SESSION_ENV)
 
 
-def _environ_readable(proc: psutil.Process) -> bool:
-    """False when unreadable, or empty: a process in the middle of exec() briefly shows an
-    empty environment (and command line), which must not be read as "no marker"."""
+def read_marker(proc: psutil.Process) -> tuple[str, str, str | None] | None:
+    """(worker_id, pool_root, session) from the environment; None if absent, malformed or
+    unreadable."""
     try:
-        return bool(proc.environ())
+        env = proc.environ()
     except (psutil.Error, OSError):
-        return False
+        return None
+    return parse_marker(env)
+
+
+def proven_environ(proc: psutil.Process) -> dict[str, str] | None:
+    """The environment, or None when it cannot serve as proof: unreadable (another user's
+    process, AccessDenied) or empty. A process in the middle of exec() shows an empty
+    environment for a moment, so an empty one is read again a few times first; one that
+    stays empty (`env -i`) is not ours."""
+    for attempt in range(ENVIRON_TRIES):
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            return None
+        if env:
+            return env
+        if attempt + 1 < ENVIRON_TRIES:
+            time.sleep(ENVIRON_RETRY_S)
+    return None
+
+
+def _marker_matches(proc: psutil.Process, worker_id: str, pool_root: str) -> bool:
+    env = proven_environ(proc)
+    marker = parse_marker(env) if env is not None else None
+    return marker is not None and marker[0] == worker_id and marker[1] == pool_root
+
+
+def names_worker(cmdline: Sequence[str], worker_id: str) -> bool:
+    """Does a command line carry the contract's `--worker-id ID` (or `--worker-id=ID`)?"""
+    for i, word in enumerate(cmdline):
+        if word == f"--worker-id={worker_id}":
+            return True
+        if word == "--worker-id" and i + 1 < len(cmdline) and cmdline[i + 1] == worker_id:
+            return True
+    return False
 
 
 def identify(
@@ -90,9 +137,11 @@ def identify(
 ) -> tuple[str, psutil.Process | None]:
     """("alive", proc) | ("gone", None) | ("reused", proc): is pid still the worker we started?
 
-    Our own records carry create_time and the process carries our marker; a record
-    written by the Rust llorch-pool has neither, so there the process must have been
-    created within a few seconds before the record's started_at.
+    "alive" only with proof. Our own records carry create_time and the process carries
+    our marker: both must match, and an unreadable or empty environment is no proof. A
+    record written by the Rust llorch-pool has neither, so there the process must have been
+    created within a few seconds before the record's started_at *and* its command line
+    must carry the contract's `--worker-id ID`.
     """
     try:
         proc = psutil.Process(pid)
@@ -106,34 +155,42 @@ def identify(
     if create_time is not None:
         if abs(ctime - create_time) > CREATE_TIME_TOLERANCE_S:
             return "reused", proc
-        if _environ_readable(proc):
-            marker = read_marker(proc)
-            if marker is None or marker[0] != worker_id or marker[1] != pool_root:
-                return "reused", proc
-        return "alive", proc
+        return ("alive", proc) if _marker_matches(proc, worker_id, pool_root) else (
+            "reused", proc)
     if started_at is None:
         # nothing in the record identifies the process: only our marker can prove it
-        marker = read_marker(proc) if _environ_readable(proc) else None
-        if marker is not None and marker[0] == worker_id and marker[1] == pool_root:
-            return "alive", proc
-        return "reused", proc
+        return ("alive", proc) if _marker_matches(proc, worker_id, pool_root) else (
+            "reused", proc)
     if not (started_at - 30.0 <= ctime <= started_at + 1.0):
         return "reused", proc
-    return "alive", proc
+    try:
+        cmdline = proc.cmdline()
+    except (psutil.Error, OSError):
+        return "reused", proc  # unreadable: no proof
+    return ("alive", proc) if names_worker(cmdline, worker_id) else ("reused", proc)
 
 
 def marked_processes(
     pool_root: str | None = None, worker_id: str | None = None, session: str | None = None,
 ) -> list[Marked]:
-    """Every live process carrying the harness marker, optionally narrowed down."""
+    """Every live process of this user carrying a well-formed harness marker, optionally
+    narrowed down. Another user's process is never ours to signal, even when we (root) can
+    read a marker in it."""
     found: list[Marked] = []
     me = os.getpid()
+    my_uid = os.getuid() if hasattr(os, "getuid") else None
     for proc in psutil.process_iter():
         if proc.pid == me:
             continue
         marker = read_marker(proc)
         if marker is None:
             continue
+        if my_uid is not None:
+            try:
+                if proc.uids().real != my_uid:
+                    continue
+            except (psutil.Error, OSError):
+                continue
         wid, pool, sess = marker
         if pool_root is not None and pool != pool_root:
             continue

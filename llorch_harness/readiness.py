@@ -3,11 +3,18 @@
 The real worker POSTs its ready callback *before* it binds its port, so the
 callback alone proves nothing; and a worker that dies while loading must be
 reported at once, not after the ready timeout.
+
+Every /health is asked with one whole-call deadline (`ask_health`), enforced by the
+watchdog of `workerclient` that shuts the socket down: httpx's timeouts are per read,
+so a worker trickling one byte every 0.1 s would defeat them forever (issue 20 #10).
+The real llorch-candled answers nothing, not even /health, while it generates, so a
+/health without an answer within the deadline means "busy generating, or hung".
 """
 
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import threading
 import time
@@ -19,10 +26,13 @@ import httpx
 
 from .localhttp import local_client
 from .procs import port_accepts
+from .workerclient import _read_capped, _Watchdog  # the one whole-call deadline mechanism
 
 POLL_S = 0.01
 POLL_AFTER_CALLBACK_S = 0.001  # the worker binds right after its callback: look closely
 HEALTH_TIMEOUT_S = 0.3  # short, so a process exit is still seen within half a second
+HEALTH_BODY_LIMIT = 64 * 1024  # a /health answer is a few bytes; more is read no further
+NO_ANSWER = "no answer"
 
 
 @dataclass
@@ -137,19 +147,82 @@ class NotReady(Exception):
         self.exit_status = exit_status
 
 
-def check_health(client: httpx.Client, base_uri: str) -> tuple[bool, str]:
-    """(healthy, detail) from GET /health; never raises."""
+@dataclass(frozen=True)
+class Health:
+    """One /health answer. state: healthy | unhealthy (it answered, not healthy) |
+    no answer (nothing complete within the deadline: busy generating, or hung) |
+    unreachable (refused, reset) | invalid (the uri itself is unusable)."""
+
+    state: str
+    detail: str
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "healthy"
+
+
+def health_url(base_uri: object) -> httpx.URL | None:
+    """`base_uri` + /health if it is a usable http(s) URL with a host and a valid port."""
+    if not isinstance(base_uri, str):
+        return None
     try:
-        r = client.get(f"{base_uri}/health")
-    except httpx.HTTPError as exc:
-        return False, f"{type(exc).__name__}"
-    if r.status_code != 200:
-        return False, f"HTTP {r.status_code}"
+        url = httpx.URL(base_uri.rstrip("/") + "/health")
+        if url.scheme not in ("http", "https") or not url.host:
+            return None
+        if url.port is not None and not 1 <= url.port <= 65535:
+            return None
+    except (httpx.InvalidURL, ValueError, TypeError, UnicodeError):
+        return None
+    return url
+
+
+def ask_health(base_uri: object, deadline: float) -> Health:
+    """GET /health, the whole call (connect, headers, body) within `deadline` seconds.
+
+    Never raises. A deadline that is not a positive finite number is a bug of the caller.
+    """
+    if not (isinstance(deadline, int | float) and math.isfinite(deadline) and deadline > 0):
+        raise ValueError(f"health deadline must be a positive number of seconds: {deadline!r}")
+    url = health_url(base_uri)
+    if url is None:
+        return Health("invalid", f"unusable worker uri {str(base_uri)[:80]!r}")
+    no_answer = Health(NO_ANSWER,
+                       f"no answer within {deadline:.3g} s (busy generating, or hung)")
+    wd = _Watchdog(deadline, deadline, deadline)
     try:
-        status = r.json().get("status")
-    except (ValueError, AttributeError):
-        return False, "body is not JSON"
-    return status == "healthy", f"status {status!r}"
+        # a fresh client per call: the watchdog can only shut down a connection it saw open
+        with wd, local_client(deadline) as client:
+            req = client.build_request("GET", url, headers={"Accept-Encoding": "identity"},
+                                       extensions={"trace": wd.trace})
+            response = client.send(req, stream=True)
+            try:
+                status = response.status_code
+                data, _ = _read_capped(response, HEALTH_BODY_LIMIT)
+            finally:
+                response.close()
+    except httpx.TimeoutException:
+        return no_answer
+    except (httpx.HTTPError, OSError) as exc:
+        if wd.fired is not None:
+            return no_answer
+        return Health("unreachable", type(exc).__name__)
+    if wd.fired is not None:
+        return no_answer
+    if status != 200:
+        return Health("unhealthy", f"HTTP {status}")
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return Health("unhealthy", "body is not JSON")
+    value = obj.get("status") if isinstance(obj, dict) else None
+    return Health("healthy" if value == "healthy" else "unhealthy",
+                  f"status {str(value)[:40]!r}")
+
+
+def check_health(base_uri: str, deadline: float = HEALTH_TIMEOUT_S) -> tuple[bool, str]:
+    """(healthy, detail) from GET /health within `deadline`; never raises."""
+    h = ask_health(base_uri, deadline)
+    return h.healthy, h.detail
 
 
 def wait_ready(
@@ -161,25 +234,29 @@ def wait_ready(
     Each loop polls the process (exit seen within ~10 ms), a cheap TCP connect, and
     only once the port accepts, one short /health request.
     """
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise NotReady(f"ready timeout {timeout!r} is not a positive number of seconds")
     t0 = time.monotonic()
     deadline = t0 + timeout
     last = "no ready callback yet"
     base = f"http://{host}:{port}"
-    with local_client(HEALTH_TIMEOUT_S) as client:
-        while True:
-            status = proc.poll()
-            if status is not None:
-                raise NotReady(f"exited with status {status} before it was ready", status)
-            if callback.problems:
-                raise NotReady(callback.problems[0])
-            if port_accepts(port, host, timeout=HEALTH_TIMEOUT_S):
-                healthy, detail = check_health(client, base)
-                if healthy and callback.received is not None:
-                    return time.monotonic() - t0
-                last = (f"/health {detail}" if not healthy
-                        else "/health is healthy but no ready callback arrived")
-            elif callback.received is not None:
-                last = "ready callback received, port not accepting connections yet"
-            if time.monotonic() >= deadline:
-                raise NotReady(f"not ready within {timeout:g} s ({last})")
-            time.sleep(POLL_S if callback.received is None else POLL_AFTER_CALLBACK_S)
+    while True:
+        status = proc.poll()
+        if status is not None:
+            raise NotReady(f"exited with status {status} before it was ready", status)
+        if callback.problems:
+            raise NotReady(callback.problems[0])
+        left = deadline - time.monotonic()
+        if left > 0 and port_accepts(port, host, timeout=min(HEALTH_TIMEOUT_S, left)):
+            # whole-call deadline: a trickled answer cannot outlast the ready timeout
+            left = max(deadline - time.monotonic(), 0.001)
+            health = ask_health(base, min(HEALTH_TIMEOUT_S, left))
+            if health.healthy and callback.received is not None:
+                return time.monotonic() - t0
+            last = (f"/health {health.detail}" if not health.healthy
+                    else "/health is healthy but no ready callback arrived")
+        elif callback.received is not None:
+            last = "ready callback received, port not accepting connections yet"
+        if time.monotonic() >= deadline:
+            raise NotReady(f"not ready within {timeout:g} s ({last})")
+        time.sleep(POLL_S if callback.received is None else POLL_AFTER_CALLBACK_S)

@@ -24,8 +24,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import IO, TypeVar
 
+from . import redaction
 from .errors import HarnessError
-from .pools import PoolConfig, env_ssh_config, is_secret_name, normalize_remote_root
+from .pools import PoolConfig, env_ssh_config, normalize_remote_root
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -149,9 +150,10 @@ class RemotePool:
 
     def display_command(self, args: Sequence[str]) -> str:
         """The ssh command line for people to read, with secret-looking env values masked."""
-        redacted = {k: ("***" if is_secret_name(k) else v) for k, v in self.config.env.items()}
-        remote = " ".join(shlex.quote(w) for w in self._words(args, redacted))
-        return shlex.join([self.ssh, *self.ssh_options(), "--", self.host, remote])
+        masked = redaction.redact_env(self.config.env)
+        remote = " ".join(shlex.quote(w) for w in self._words(args, masked))
+        return redaction.redact(shlex.join([self.ssh, *self.ssh_options(), "--", self.host,
+                                            remote]))
 
     def _popen(self, args: Sequence[str], stdout: int | None) -> subprocess.Popen[bytes]:
         if shutil.which(self.ssh) is None:

@@ -8,14 +8,16 @@ report with `-n 2`. Only keys named here ever get in, on every process.
 
 from __future__ import annotations
 
+import dataclasses
 import html
+import io
 import json
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
 from .gate import CHECKPOINT
-from .labs import is_secret_name, redact
+from .redaction import is_secret_name, redact, secret_values
 
 ALLOWED_METADATA = ("Python", "Platform", "Packages", "Plugins")
 HARNESS_PREFIX = "llorch "
@@ -126,15 +128,12 @@ def terminal_checklist(rollup: list[dict[str, Any]], verdict: str) -> list[str]:
 def log_tail(path: str | Path | None, lines: int = LOG_TAIL_LINES) -> str | None:
     if not path:
         return None
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, 2)
-            size = fh.tell()
-            fh.seek(max(0, size - 64 * 1024))
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
+    from .fsutil import NotRegularFileError, tail_text
+
+    try:  # the one bounded tail; a FIFO or device as the log is never opened
+        return tail_text(path, lines, window=64 * 1024) if Path(path).exists() else None
+    except (OSError, NotRegularFileError):
         return None
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def build_extras(record: Mapping[str, Any], failed: bool) -> list[dict[str, Any]]:
@@ -158,3 +157,91 @@ def build_extras(record: Mapping[str, Any], failed: bool) -> list[dict[str, Any]
             if tail is not None:
                 out.append(extras.text(redact(tail), name=f"worker log tail {Path(path).name}"))
     return out
+
+
+# --------------------------------------------------------------------------- redaction
+
+_TEXT_EXTRAS = ("text", "json", "html")
+
+
+def redact_report(rep: Any) -> None:
+    """pytest's own texts of one report through the one redaction, in place: the failure
+    text (traceback, `-l` locals, `-vv` diffs, the crash line JUnit uses), captured output
+    sections, user properties (JUnit properties), xfail reasons and text extras.
+
+    The longrepr keeps its structure (colours, the JUnit message) where the walk can clean
+    it; if any secret is still visible in the rendered text, the whole longrepr becomes
+    the redacted text.
+    """
+    values = secret_values()
+
+    def clean(text: str) -> str:
+        return redact(text, values=values)
+
+    longrepr = getattr(rep, "longrepr", None)
+    if longrepr is not None:
+        rep.longrepr = _redact_longrepr(longrepr, clean)
+    if getattr(rep, "sections", None):
+        rep.sections = [(clean(t), clean(c) if isinstance(c, str) else c)
+                        for t, c in rep.sections]
+    if getattr(rep, "user_properties", None):
+        rep.user_properties = [(n, clean(v) if isinstance(v, str) else v)
+                               for n, v in rep.user_properties]
+    if isinstance(getattr(rep, "wasxfail", None), str):
+        rep.wasxfail = clean(rep.wasxfail)
+    extras = getattr(rep, "extras", None)
+    if extras:
+        rep.extras = [_redact_extra(e, clean) for e in extras]
+
+
+def _redact_extra(extra: Any, clean: Callable[[str], str]) -> Any:
+    if isinstance(extra, dict) and extra.get("format_type") in _TEXT_EXTRAS \
+            and isinstance(extra.get("content"), str):
+        return {**extra, "content": clean(extra["content"])}
+    return extra
+
+
+def _redact_longrepr(longrepr: Any, clean: Callable[[str], str]) -> Any:
+    if isinstance(longrepr, str):
+        return clean(longrepr)
+    if isinstance(longrepr, tuple):  # a skip: (path, lineno, reason)
+        return tuple(clean(x) if isinstance(x, str) else x for x in longrepr)
+    try:
+        _walk(longrepr, clean, 0)
+        text = _render(longrepr)
+    except Exception:  # an unknown repr type: fall back to its redacted text
+        return clean(str(longrepr))
+    return longrepr if clean(text) == text else clean(text)
+
+
+def _walk(obj: Any, clean: Callable[[str], str], depth: int) -> Any:
+    """Strings inside pytest's TerminalRepr dataclasses (and their lists/tuples) redacted."""
+    if depth > 30:
+        return obj
+    if isinstance(obj, str):
+        return clean(obj)
+    if isinstance(obj, list):
+        obj[:] = [_walk(x, clean, depth + 1) for x in obj]
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(_walk(x, clean, depth + 1) for x in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            new = _walk(value, clean, depth + 1)
+            if new is not value:
+                object.__setattr__(obj, f.name, new)
+    return obj
+
+
+def _render(longrepr: Any) -> str:
+    toterminal = getattr(longrepr, "toterminal", None)
+    if toterminal is None:
+        return str(longrepr)
+    from _pytest._io import TerminalWriter
+
+    buf = io.StringIO()
+    tw = TerminalWriter(buf)
+    tw.hasmarkup = False
+    toterminal(tw)
+    return buf.getvalue()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -24,17 +26,26 @@ from typing import Any, TextIO
 import psutil
 from filelock import FileLock, Timeout
 
-from . import __version__, procs
+from . import __version__, fsutil, procs
 from .backends import find_binary, get_backend
 from .catalog import read_catalog
 from .errors import HarnessError
-from .fsutil import atomic_write_text, sha256_file
-from .localhttp import local_client
+from .fsutil import (
+    NotRegularFileError,
+    atomic_write_text,
+    loads_json_strict,
+    open_regular,
+    read_regular_text,
+    sha256_file,
+    tail_text,
+)
 from .paths import PoolPaths, validate_model_id, validate_worker_id
-from .readiness import CallbackServer, NotReady, check_health, wait_ready
+from .readiness import NO_ANSWER, CallbackServer, NotReady, ask_health, wait_ready
+from .redaction import redact
 
 BASE_PORT = 8000
 LOG_TAIL_LINES = 40
+LIST_HEALTH_DEADLINE_S = 1.0  # `worker list`/`status`: whole /health call, answer or not
 FAILED_START_GRACE = 2.0  # SIGINT grace for a worker that never got ready
 WORKER_KINDS = ("llorch", "reference")
 REFWORKER_MODULE = "llorch_harness.refworker"
@@ -54,7 +65,7 @@ class WorkerStartError(HarnessError):
         self.reason = reason
         self.exit_status = exit_status
         self.log_path = log_path
-        self.log_tail = log_tail
+        self.log_tail = redact(log_tail)  # the worker's own output: it may echo a token
         self.seconds = seconds
 
     def __str__(self) -> str:
@@ -84,7 +95,7 @@ class WorkerStatus:
     model_id: str
     port: int | None
     status: str  # "running" | "starting" | "dead" | "stale" | "invalid" | "orphan"
-    health: str  # "healthy" | "unhealthy" | "unreachable" | "-"
+    health: str  # "healthy" | "unhealthy" | "unreachable" | "no answer" | "-"
     uptime_s: float | None
     uri: str | None
     log_path: str | None
@@ -111,9 +122,9 @@ def parse_time(value: object) -> float | None:
     text = re.sub(r"(\.\d{6})\d+", r"\1", value.strip()).replace("Z", "+00:00")
     try:
         dt = datetime.fromisoformat(text)
-    except ValueError:
+        return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    except (ValueError, OverflowError):
         return None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def record_path(paths: PoolPaths, worker_id: str) -> Path:
@@ -127,8 +138,10 @@ def log_path_for(paths: PoolPaths, worker_id: str) -> Path:
 def read_record(path: Path) -> dict[str, Any]:
     """A record as a dict; unreadable or not a CP3 record raises HarnessError naming the file."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+        # a FIFO or device in place of a record would block `worker list` forever
+        raw = loads_json_strict(read_regular_text(
+            path, "worker record", "move the file aside if no worker runs with that id"))
+    except (FileNotFoundError, NotRegularFileError):
         raise
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise HarnessError(f"cannot read worker record {path}: {type(exc).__name__}: {exc}",
@@ -143,6 +156,15 @@ def read_record(path: Path) -> dict[str, Any]:
         raise HarnessError(f"worker record {path} has a non-string worker_id",
                            "move the file aside if no worker runs with that id")
     return raw
+
+
+def record_port(rec: Mapping[str, Any]) -> int | None:
+    """The record's port if it is one (1..65535); None for anything else (99999, -1, "80"),
+    so no socket call ever sees it."""
+    port = rec.get("port")
+    if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535:
+        return port
+    return None
 
 
 def write_record(path: Path, record: Mapping[str, Any]) -> None:
@@ -168,24 +190,15 @@ def record_identity(paths: PoolPaths, rec: Mapping[str, Any]) -> tuple[str, psut
 # ---------------------------------------------------------------- logs
 
 def tail_lines(path: Path, n: int = LOG_TAIL_LINES) -> str:
-    """The last n lines without reading a huge log whole."""
-    if n <= 0:
-        return ""
+    """The last n lines from a bounded window at the end (fsutil.tail_text): linear however
+    large the log and however long its lines (`\r`-redrawn progress has no newline).
+    A log that is not a regular file (a FIFO would block) is named, never read."""
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            end = fh.tell()
-            block, data = 8192, b""
-            pos = end
-            while pos > 0 and data.count(b"\n") <= n:
-                step = min(block, pos)
-                pos -= step
-                fh.seek(pos)
-                data = fh.read(step) + data
-    except FileNotFoundError:
-        return ""
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return "\n".join(lines[-n:])
+        return tail_text(path, n)
+    except NotRegularFileError as exc:
+        return f"(log {path} is {exc.kind}: not read)"
+    except OSError as exc:
+        return f"(log {path} cannot be read: {exc.strerror or exc})"
 
 
 def rotate_log(log: Path) -> None:
@@ -263,9 +276,13 @@ def _live_worker(paths: PoolPaths, worker_id: str) -> str | None:
     return None
 
 
+def spawn_lock_path(paths: PoolPaths, worker_id: str) -> Path:
+    return paths.workers_dir / f".{validate_worker_id(worker_id)}.lock"
+
+
 def _spawn_lock(paths: PoolPaths, worker_id: str) -> FileLock:
-    paths.workers_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(paths.workers_dir / f".{worker_id}.lock"), timeout=0)
+    paths.writable_dir(paths.workers_dir)  # no symlinked .runtime or workers/ under the root
+    return FileLock(str(spawn_lock_path(paths, worker_id)), timeout=0)
 
 
 def _say(out: TextIO | None, text: str) -> None:
@@ -286,8 +303,10 @@ def spawn_worker(
         raise HarnessError(f"unknown worker kind {worker!r}", "use --worker llorch or reference", 2)
     if gpu < 0:
         raise HarnessError(f"gpu index {gpu} is negative", "pass --gpu 0 or higher", 2)
-    if ready_timeout <= 0:
-        raise HarnessError("ready timeout must be positive", "pass --ready-timeout SECONDS", 2)
+    if not (isinstance(ready_timeout, int | float) and math.isfinite(ready_timeout)
+            and ready_timeout > 0):  # nan compares false to everything: it never expires
+        raise HarnessError(f"ready timeout {ready_timeout!r} is not a positive finite number",
+                           "pass --ready-timeout SECONDS", 2)
     wid = validate_worker_id(worker_id or f"worker-{backend}-{gpu}")
     entry, model_path = _resolve_model(paths, model_id, backend)
     if worker == "reference":
@@ -423,8 +442,15 @@ def _stop_process(
     except psutil.NoSuchProcess:
         root = None
 
+    born = record.get("create_time")
+    born = float(born) if isinstance(born, int | float) and not isinstance(born, bool) else None
+
     def sweep() -> list[psutil.Process]:
-        return [m.proc for m in procs.marked_processes(pool, wid)]
+        # the worker's own descendants carry its marker (session included) and were born
+        # after it; a process that merely claims the marker is not one of them
+        return [m.proc for m in procs.marked_processes(pool, wid)
+                if (born is None or _born_after(m.proc, born))
+                and ("session" not in record or m.session == record.get("session"))]
 
     res = procs.stop_ladder(root, grace=grace, extra=sweep)
     if proc is not None:
@@ -434,10 +460,17 @@ def _stop_process(
         raise HarnessError(
             f"worker {wid}: processes {', '.join(str(p.pid) for p in res.survivors)} "
             "survived SIGKILL", f"record {rec_path} kept; check them with ps")
-    port = record.get("port")
-    port_free = procs.wait_port_free(int(port)) if isinstance(port, int) else True
+    port = record_port(record)
+    port_free = procs.wait_port_free(port) if port is not None else True
     remove_record(rec_path)
     return StopResult(wid, res.step, res.seconds, port_free)
+
+
+def _born_after(proc: psutil.Process, created: float) -> bool:
+    try:
+        return proc.create_time() >= created - procs.CREATE_TIME_TOLERANCE_S
+    except psutil.Error:
+        return False
 
 
 # ---------------------------------------------------------------- handle
@@ -516,8 +549,8 @@ def _stop_recorded(
         # the pid names another process now: remove the record, signal nothing
         # (marked leftovers of this worker, if any, show as orphans for `worker reap`)
         remove_record(rp)
-        port = rec.get("port")
-        free = procs.port_is_free(int(port)) if isinstance(port, int) else True
+        port = record_port(rec)
+        free = procs.port_is_free(port) if port is not None else True
         return StopResult(worker_id, "stale_record", time.monotonic() - t0, free)
     if state == "gone":
         res = _stop_process(paths, rp, rec, proc, grace=min(grace, 2.0))  # leftovers by marker
@@ -536,28 +569,69 @@ def record_ids(paths: PoolPaths) -> list[str]:
     return sorted(p.stem for p in paths.workers_dir.glob("*.json") if not p.name.startswith("."))
 
 
-def stop_all(paths: PoolPaths, grace: float = 10.0) -> list[StopResult]:
-    results = []
+@dataclass
+class StopFailure:
+    """A record `stop --all` could not handle: which file, and why (one line)."""
+
+    record: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"record": self.record, "error": self.message}
+
+
+def stop_every(paths: PoolPaths, grace: float = 10.0) -> tuple[list[StopResult],
+                                                               list[StopFailure]]:
+    """Try every record, whatever happens to one of them: an unreadable record, an oddly
+    named file or a worker that survives SIGKILL is reported, never the end of the loop."""
+    results: list[StopResult] = []
+    failures: list[StopFailure] = []
     for wid in record_ids(paths):
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                results.append(stop_worker(paths, wid, grace))
-            except HarnessError as exc:
-                if "no worker" not in exc.message:
-                    raise
+        name = f"{wid}.json"
+        try:
+            validate_worker_id(wid)
+        except HarnessError as exc:
+            failures.append(StopFailure(name, f"{exc.one_line()}; record "
+                                        f"{paths.workers_dir / name} left alone"))
+            continue
+        try:
+            results.append(stop_worker(paths, wid, grace))
+        except FileNotFoundError:
+            continue  # removed meanwhile (another stop, the worker's own CLI)
+        except HarnessError as exc:
+            if exc.message.startswith(f"no worker {wid} "):
+                continue
+            failures.append(StopFailure(name, exc.one_line()))
+        except (OSError, ValueError, TypeError) as exc:
+            failures.append(StopFailure(name, f"{type(exc).__name__}: {exc}"))
+    return results, failures
+
+
+def stop_all(paths: PoolPaths, grace: float = 10.0) -> list[StopResult]:
+    """stop_every, then one error naming every record that could not be handled."""
+    results, failures = stop_every(paths, grace)
+    if failures:
+        raise HarnessError(
+            f"{len(failures)} worker record(s) not handled: "
+            + "; ".join(f"{f.record}: {f.message}" for f in failures),
+            f"{len(results)} other worker(s) were stopped; see llorch-pool worker list")
     return results
 
 
 # ---------------------------------------------------------------- list
 
-def _health(uri: str | None) -> str:
+def _health(uri: object) -> tuple[str, str]:
+    """(health column, note) for a live worker: one /health with a whole-call deadline.
+
+    The real worker answers nothing while it generates, so silence is not a crash."""
     if not uri:
-        return "-"
-    with local_client(1.0) as client:
-        healthy, detail = check_health(client, uri)
-    if healthy:
-        return "healthy"
-    return "unhealthy" if detail.startswith(("status", "HTTP")) else "unreachable"
+        return "-", ""
+    h = ask_health(uri, LIST_HEALTH_DEADLINE_S)
+    if h.state == "invalid":
+        return "-", f"record {h.detail}; /health not asked"
+    if h.state == NO_ANSWER:
+        return NO_ANSWER, f"/health: {h.detail}"
+    return h.state, ("" if h.healthy else f"/health: {h.detail}")
 
 
 def list_workers(paths: PoolPaths, *, check_health_now: bool = True) -> list[WorkerStatus]:
@@ -582,25 +656,41 @@ def list_workers(paths: PoolPaths, *, check_health_now: bool = True) -> list[Wor
         status = {"alive": "running", "gone": "dead", "reused": "stale"}[state]
         if status == "running" and "ready_seconds" in rec and rec.get("ready_seconds") is None:
             status = "starting"
-        port = rec.get("port") if isinstance(rec.get("port"), int) else None
-        uri = rec.get("uri") or (f"http://127.0.0.1:{port}" if port else None)
-        health = _health(uri) if status in ("running", "starting") and check_health_now else "-"
+        port = record_port(rec)
+        uri = rec.get("uri")  # the CP3 (Rust) record has none: built from the port then
+        if not isinstance(uri, str) or not uri:
+            uri = f"http://127.0.0.1:{port}" if port else None
+        health, health_note = "-", ""
+        if status in ("running", "starting") and check_health_now:
+            health, health_note = _health(uri)
+        note = {"stale": "pid now belongs to another process",
+                "dead": "process gone; `worker stop` removes the record"}.get(status, "")
         rows.append(WorkerStatus(
             worker_id=str(rec.get("worker_id", wid)), pid=int(rec["pid"]),
             backend=str(rec.get("backend", "?")), model_id=str(rec.get("model_id", "?")),
             port=port, status=status, health=health, uptime_s=uptime, uri=uri,
             log_path=rec.get("log_path") or str(paths.workers_dir / f"{wid}.log"),
             started_at=started if isinstance(started, str) else None, record=rec,
-            note={"stale": "pid now belongs to another process",
-                  "dead": "process gone; `worker stop` removes the record"}.get(status, ""),
+            note="; ".join(n for n in (note, health_note) if n),
         ))
     return rows
 
 
 # ---------------------------------------------------------------- orphans
 
-def _spawn_in_progress(pool_root: str, worker_id: str) -> bool:
-    lock = FileLock(str(Path(pool_root) / ".runtime" / "workers" / f".{worker_id}.lock"), timeout=0)
+def _spawn_in_progress(paths: PoolPaths, worker_id: str) -> bool:
+    """Is the spawn lock of this worker held right now? Creates nothing: a spawner makes its
+    lock file before it starts the process, so no lock file means no spawn, and a lock path
+    through a symbolic link is not looked at."""
+    lock_path = spawn_lock_path(paths, worker_id)
+    if fsutil.first_symlink(paths.root, lock_path) is not None:
+        return False
+    try:
+        if not stat.S_ISREG(os.lstat(lock_path).st_mode):
+            return False
+    except OSError:
+        return False
+    lock = FileLock(str(lock_path), timeout=0)
     try:
         lock.acquire()
     except Timeout:
@@ -622,14 +712,16 @@ def find_orphans(
     for m in procs.marked_processes(pool, session=session):
         key = (m.pool_root, m.worker_id)
         if key not in live:
+            # marked_processes only hands out markers whose id and pool root passed the
+            # checks in procs.parse_marker: no path below is built from unchecked text
             pp = PoolPaths(Path(m.pool_root))
             try:
                 rec = read_record(record_path(pp, m.worker_id))
                 live[key] = record_identity(pp, rec)[0] == "alive"
-            except (FileNotFoundError, HarnessError):
+            except (FileNotFoundError, HarnessError, OSError):
                 live[key] = False
             if not live[key]:
-                live[key] = _spawn_in_progress(m.pool_root, m.worker_id)
+                live[key] = _spawn_in_progress(pp, m.worker_id)
         if not live[key]:
             orphans.append(m.proc)
     return orphans
@@ -661,11 +753,12 @@ def _existing_log(paths: PoolPaths, worker_id: str) -> Path:
     if not log.exists():
         raise HarnessError(f"no log for worker {worker_id} at {log}",
                            "see llorch-pool worker list for worker ids")
+    open_regular(log, "worker log").close()  # a FIFO would block: refused with one line
     return log
 
 
 def worker_logs(paths: PoolPaths, worker_id: str, n: int = LOG_TAIL_LINES) -> str:
-    return tail_lines(_existing_log(paths, worker_id), n)
+    return tail_text(_existing_log(paths, worker_id), n, what="worker log")
 
 
 def _worker_running(paths: PoolPaths, worker_id: str) -> bool:
@@ -684,10 +777,10 @@ def follow_logs(
     Ctrl-C, when `until()` is true, or once the worker is gone and the log is drained."""
     out = out or sys.stdout
     log = _existing_log(paths, worker_id)
-    tail = tail_lines(log, n)
+    tail = tail_text(log, n, what="worker log")
     if tail:
         print(tail, file=out, flush=True)
-    fh = open(log, "rb")
+    fh = open_regular(log, "worker log")
     try:
         fh.seek(0, os.SEEK_END)
         ino = os.fstat(fh.fileno()).st_ino
@@ -707,8 +800,9 @@ def follow_logs(
                 return
             try:
                 if os.stat(log).st_ino != ino:
-                    fh.close()
-                    fh = open(log, "rb")
+                    new = open_regular(log, "worker log")  # opened first: a vanished log
+                    fh.close()                              # keeps the old one readable
+                    fh = new
                     ino = os.fstat(fh.fileno()).st_ino
                     continue
             except FileNotFoundError:

@@ -258,3 +258,108 @@ def test_known_models_registered_on_first_use(pool: PoolPaths) -> None:
     with pytest.raises(HarnessError) as info:
         cat.lookup_or_register(pool, "nope")
     assert info.value.exit_code == 2 and "qwen-0.5b" in (info.value.hint or "")
+
+
+# --------------------------------------------------------------------------- issue 20
+
+
+def test_null_fields_stay_null_through_a_register(pool: PoolPaths) -> None:
+    """Issue 20 #14: `pool_id`, `architecture`, `format` null were rewritten as "None"."""
+    pool.models_dir.mkdir(parents=True)
+    pool.catalog_path.write_text(json.dumps({
+        "version": "1.0", "pool_id": None, "updated_at": "2020-01-01T00:00:00Z",
+        "models": [{"id": "a", "name": "A", "path": ".test-models/a", "format": None,
+                    "size_gb": 0.0, "architecture": None, "downloaded": False,
+                    "backends": ["cpu"], "metadata": {"note": None}}],
+    }))
+    r = register(pool, "b")
+    assert r.returncode == 0, r.stderr
+    data = catalog_json(pool)
+    assert data["pool_id"] is None
+    a = data["models"][0]
+    assert a["format"] is None and a["architecture"] is None and a["metadata"] == {"note": None}
+    assert "None" not in pool.catalog_path.read_text()
+    table = run(pool, "catalog")
+    assert table.returncode == 0, table.stderr
+
+
+def test_non_text_format_is_refused_not_rewritten(pool: PoolPaths) -> None:
+    pool.models_dir.mkdir(parents=True)
+    data = b'{"models": [{"id": "a", "name": "A", "path": "p", "format": 7}]}'
+    pool.catalog_path.write_bytes(data)
+    r = register(pool, "b")
+    assert r.returncode == 1 and "'format' must be a string or null" in one_line_error(r)
+    assert pool.catalog_path.read_bytes() == data
+
+
+@pytest.mark.parametrize("where", ["name", "id", "key", "pool_id"])
+def test_lone_surrogate_in_catalog_is_one_line_everywhere(pool: PoolPaths, where: str) -> None:
+    """Issue 20 #15: a name "\\ud800" gave UnicodeEncodeError tracebacks in `models catalog`,
+    `status` and `register` (it can be neither printed nor written back as UTF-8)."""
+    pool.models_dir.mkdir(parents=True)
+    model = {"id": "a", "name": "A", "path": "p"}
+    top: dict[str, object] = {"version": "1.0"}
+    if where == "key":
+        model["\ud800"] = 1
+    elif where == "pool_id":
+        top["pool_id"] = "\ud800"
+    else:
+        model[where] = "x\ud800"
+    data = json.dumps({**top, "models": [model]}).encode()  # ensure_ascii: "\\ud800" escape
+    pool.catalog_path.write_bytes(data)
+    for args in (("catalog",), ("catalog", "--json"), ("list",),
+                 ("register", "b", "--name", "B", "--repo", "o/b", "--architecture", "x")):
+        err = one_line_error(run(pool, *args))
+        assert "surrogate" in err and str(pool.catalog_path) in err, err
+    status = subprocess.run([str(LLORCH_POOL), "status", "--pool-root", str(pool.root)],
+                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
+    assert "surrogate" in status.stderr
+    assert pool.catalog_path.read_bytes() == data
+
+
+def test_non_utf8_argument_is_one_usage_line(pool: PoolPaths) -> None:
+    """Issue 20 #15: `--name $'caf\\xe9'` (not UTF-8) crashed the catalog write."""
+    r = subprocess.run([os.fsencode(str(LLORCH_POOL)), b"models", b"register", b"cafe",
+                        b"--name", b"caf\xe9", b"--repo", b"o/cafe", b"--architecture", b"x",
+                        b"--pool-root", os.fsencode(str(pool.root))],
+                       capture_output=True, timeout=TIMEOUT, check=False)
+    stderr = r.stderr.decode("utf-8", "replace")
+    assert r.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "UTF-8" in lines[0], stderr
+    assert not pool.catalog_path.exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-to-fifo", "directory", "socket", "device"])
+def test_special_file_as_catalog_is_refused_without_blocking(pool: PoolPaths, kind: str,
+                                                             tmp_path: Path) -> None:
+    """Issue 20 #12: a FIFO as the catalog blocked `models list`/`register` forever."""
+    import socket as socketmod
+
+    pool.models_dir.mkdir(parents=True)
+    sock = None
+    if kind == "fifo":
+        os.mkfifo(pool.catalog_path)
+    elif kind == "symlink-to-fifo":
+        os.mkfifo(tmp_path / "pipe")
+        pool.catalog_path.symlink_to(tmp_path / "pipe")
+    elif kind == "directory":
+        pool.catalog_path.mkdir()
+    elif kind == "device":
+        pool.catalog_path.symlink_to("/dev/zero")
+    else:
+        sock = socketmod.socket(socketmod.AF_UNIX)
+        sock.bind(str(pool.catalog_path))
+    try:
+        for args in (("list",), ("catalog",),
+                     ("register", "b", "--name", "B", "--repo", "o/b", "--architecture", "x")):
+            err = one_line_error(run(pool, *args))
+            assert "not a regular file" in err and str(pool.catalog_path) in err, err
+    finally:
+        if sock is not None:
+            sock.close()
+    assert not pool.catalog_path.is_file()
+    with pytest.raises(HarnessError, match="not a regular file"):
+        cat.read_catalog(pool)

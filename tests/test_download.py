@@ -611,3 +611,67 @@ def test_progress_bar_on_a_real_terminal(hub: LocalHub, pool: PoolPaths, env: di
     assert f"Downloading {WEIGHTS}: 100%|" in text
     assert f"Downloaded {WEIGHTS} (" not in text  # the plain lines are for pipes only
     assert "downloaded successfully" in text
+
+
+# --------------------------------------------------------------------------- symlinks (issue 20 #7)
+
+
+def test_cache_symlink_is_refused_before_anything_is_written(hub: LocalHub, pool: PoolPaths,
+                                                             tmp_path: Path) -> None:
+    """The issue's case: a `.cache` link in the model directory made a download write lock
+    and metadata files outside the pool root and delete `*.incomplete` files there."""
+    outside = tmp_path / "outside"
+    (outside / "huggingface" / "download").mkdir(parents=True)
+    victim = outside / "huggingface" / "download" / "victim.incomplete"
+    victim.write_text("precious")
+    md = pool.models_dir / "tiny-qwen"
+    md.mkdir(parents=True)
+    (md / ".cache").symlink_to(outside)
+    with pytest.raises(HarnessError, match="symbolic link") as info:
+        dl.download_model(pool, "tiny-qwen", endpoint=hub.url, out=io.StringIO())
+    assert info.value.exit_code == 2 and str(md / ".cache") in info.value.message
+    assert sorted(p.name for p in outside.rglob("*")) == ["download", "huggingface",
+                                                           "victim.incomplete"]
+    assert not (pool.models_dir / ".locks").exists()  # refused before the lock file
+    assert [r for r in hub.requests if r.route == "resolve"] == []
+
+
+def test_remove_partials_never_follows_a_link(tmp_path: Path) -> None:
+    md = tmp_path / "m"
+    base = md / dl.HF_DOWNLOAD_SUBDIR
+    base.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.incomplete").write_text("x")
+    (base / "sub").symlink_to(outside)  # a linked subdirectory is not entered
+    (base / "own.incomplete").write_text("partial")
+    (base / "link.incomplete").symlink_to(outside / "a.incomplete")  # removed as a link
+    removed = sorted(p.name for p in dl.remove_partials(md))
+    assert removed == ["link.incomplete", "own.incomplete"]
+    assert (outside / "a.incomplete").read_text() == "x"
+    link_md = tmp_path / "m2"
+    link_md.mkdir()
+    (link_md / ".cache").symlink_to(md / ".cache")
+    with pytest.raises(HarnessError, match="symbolic link"):
+        dl.remove_partials(link_md)
+
+
+# --------------------------------------------------------------------------- issue 20
+
+
+@pytest.mark.parametrize("value", ["http://[::1", "ftp://h:99999", "http://h:99999",
+                                   "http://h:abc", "http://", "file:///x", "http://a b",
+                                   "http://h\udce9/"])
+def test_bad_hub_endpoint_is_one_usage_error(value: str) -> None:
+    """Issue 20 #15: `HF_ENDPOINT='http://[::1'` gave a ValueError traceback."""
+    with pytest.raises(HarnessError) as info:
+        dl.resolve_endpoint(value)
+    assert info.value.exit_code == 2 and "invalid hub endpoint" in info.value.one_line()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -5.0])
+def test_stall_timeout_that_never_expires_is_refused(tmp_path: Path, value: float) -> None:
+    with pytest.raises(HarnessError) as info:
+        dl.download_model(PoolPaths.at(tmp_path / "pool"), "tiny-qwen",
+                          endpoint="http://127.0.0.1:9", stall_timeout=value)
+    assert info.value.exit_code == 2

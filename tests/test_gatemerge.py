@@ -359,3 +359,28 @@ def test_merge_reads_what_the_real_plugin_writes(tmp_path: Path) -> None:
     res2, _, _ = merge_cli(tmp_path, f"mac={mac}", f"workstation={ok_ws}",
                            extra=("--expect-pools", "mac,workstation"))
     assert res2.returncode == 0, res2.stdout + res2.stderr
+
+
+# --------------------------------------------------------------------------- issue 20 #15
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+23:59", "9999-12-31T23:59:59-23:59"])
+@pytest.mark.parametrize("key", ["finished_at", "started_at"])
+def test_time_whose_utc_form_overflows_is_one_line(tmp_path: Path, key: str, value: str) -> None:
+    """`finished_at` `0001-01-01T00:00:00+23:59` parsed, then its age overflowed: traceback."""
+    doc = pool_doc("mac", "metal")
+    doc[key] = value
+    path = write(tmp_path / "mac.json", doc)
+    res, _, _ = merge_cli(tmp_path, f"mac={path}")
+    err = res.stderr.strip()
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert len(err.splitlines()) == 1 and key in err, err
+    assert "outside the years 1..9999" in err and str(path) in err, err
+
+
+def test_fifo_as_result_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "mac.json"
+    os.mkfifo(fifo)
+    res, _, _ = merge_cli(tmp_path, f"mac={fifo}")
+    err = res.stderr.strip()
+    assert res.returncode == 2 and "FIFO" in err and "not a regular file" in err, err

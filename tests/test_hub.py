@@ -451,3 +451,83 @@ def test_build_embedded_hub_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with LocalHub(root) as h:
         assert h.repos() == ["llorch-test/tiny-qwen"]
         assert len(h.repo_sha("llorch-test/tiny-qwen")) == 40
+
+
+# ----------------------------------------------------------------- issue 20 #11 faults
+
+
+def _read_timed(hub: LocalHub, path: str, limit_s: float) -> tuple[bytes, list[float]]:
+    """Read an answer's body, noting when bytes arrive, for at most `limit_s` seconds."""
+    import socket as socketmod
+    import time
+
+    sock = socketmod.create_connection(("127.0.0.1", hub.port), timeout=5)
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    data, times = b"", []
+    t0 = time.monotonic()
+    sock.settimeout(0.5)
+    try:
+        while time.monotonic() - t0 < limit_s:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+            times.append(time.monotonic() - t0)
+    finally:
+        sock.close()
+    return data, times
+
+
+def test_trickle_sends_the_body_a_few_bytes_at_a_time(hub: LocalHub) -> None:
+    hub.faults.trickle("config.json", 1, 0.1)
+    sha = hub.repo_sha(REPO)
+    data, times = _read_timed(hub, f"/{REPO}/resolve/{sha}/config.json", 1.0)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0]
+    assert 0 < len(body) < len('{"model_type": "qwen2"}\n')  # not all of it within 1 s
+    assert len(times) >= 5  # many small arrivals: each read gets bytes, none times out
+    assert resolve_gets(hub, "config.json")[0].fault == "trickle"
+
+
+def test_trickle_applies_to_api_answers(hub: LocalHub) -> None:
+    hub.faults.trickle("/api/*", 1, 0.1)
+    data, times = _read_timed(hub, f"/api/models/{REPO}/revision/main", 1.0)
+    assert b"\r\n\r\n" in data and not data.endswith(b"}")  # headers, then a trickle
+    assert hub.requests[0].fault == "trickle"
+    hub.faults.clear()
+    status, _, body = raw(hub, "GET", f"/api/models/{REPO}/revision/main")
+    assert status == 200 and json.loads(body)["id"] == REPO
+
+
+@pytest.mark.parametrize("mode", ["self", "cycle", "endless"])
+def test_tree_links_break_pagination(hub: LocalHub, mode: str) -> None:
+    sha = hub.repo_sha(REPO)
+    hub.faults.tree_links(mode)
+    seen = []
+    path = f"/api/models/{REPO}/tree/{sha}?recursive=true"
+    for _ in range(4):
+        status, headers, body = raw(hub, "GET", path)
+        assert status == 200 and json.loads(body)
+        nxt = headers["link"].split(";")[0].strip("<>")
+        path = "/" + nxt.split("/", 3)[3]
+        seen.append(path)
+    if mode == "self":
+        assert len(set(seen)) == 1
+    elif mode == "cycle":
+        assert len(set(seen)) == 2 and seen[0] == seen[2]
+    else:
+        assert len(set(seen)) == 4
+    with pytest.raises(ValueError):
+        hub.faults.tree_links("sideways")
+
+
+@pytest.mark.parametrize("value", ["99999", "-1", "65536", "abc"])
+def test_serve_refuses_a_port_outside_tcp(hub_root: Path, value: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "llorch_harness.cli.harness_main", "hub",
+                        "serve", str(hub_root), "--port", value], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "--port" in r.stderr

@@ -228,3 +228,53 @@ def test_status_command_shows_devices_and_workers(tmp_path: Path) -> None:
     text = subprocess.run([str(exe), "status", "--pool-root", str(tmp_path)],
                           capture_output=True, text=True, timeout=60, check=False).stdout
     assert "Devices:" in text and "Workers: 0 recorded" in text
+
+
+# ------------------------------------------------------------------ proof, not absence (issue 20)
+
+
+def test_empty_environment_is_no_proof(started, tmp_path: Path) -> None:
+    """Issue 20 #4: a process started with `env -i` has no marker to show: with the right
+    create time it is still not the worker, whatever the record claims."""
+    p = subprocess.Popen(["/usr/bin/env", "-i", "/bin/sleep", "60"], start_new_session=True)
+    started.append(p)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and psutil.Process(p.pid).cmdline()[:1] != ["/bin/sleep"]:
+        time.sleep(0.005)
+    ct = psutil.Process(p.pid).create_time()
+    pool = str(tmp_path)
+    assert procs.proven_environ(psutil.Process(p.pid)) is None
+    assert procs.identify(p.pid, create_time=ct, worker_id="w-1", pool_root=pool)[0] == "reused"
+    assert procs.identify(p.pid, create_time=None, worker_id="w-1", pool_root=pool)[0] == "reused"
+
+
+def test_rust_record_needs_the_worker_id_on_the_command_line(started) -> None:
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--worker-id",
+                          "w-9"], start_new_session=True)
+    started.append(p)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "--worker-id" not in psutil.Process(p.pid).cmdline():
+        time.sleep(0.005)
+    ct = psutil.Process(p.pid).create_time()
+    ident = {"create_time": None, "pool_root": "/x", "started_at": ct + 0.5}
+    assert procs.identify(p.pid, worker_id="w-9", **ident)[0] == "alive"
+    assert procs.identify(p.pid, worker_id="w-1", **ident)[0] == "reused"
+    assert procs.names_worker(["b", "--worker-id=w-9"], "w-9")
+    assert not procs.names_worker(["b", "--worker-id"], "w-9")
+
+
+@pytest.mark.parametrize(("wid", "pool", "ok"), [
+    ("worker-cpu-0", "/srv/pool", True),
+    ("/../../../../tmp/x", "/srv/pool", False),
+    ("..", "/srv/pool", False),
+    ("a/b", "/srv/pool", False),
+    ("worker-cpu-0", "srv/pool", False),
+    ("worker-cpu-0", "/srv/../etc", False),
+    ("worker-cpu-0", "//srv/pool", False),
+    ("worker-cpu-0", "/srv/pool/", False),
+    ("worker-cpu-0", "/srv/\npool", False),
+])
+def test_marker_names_are_checked_before_use(wid: str, pool: str, ok: bool) -> None:
+    """Issue 20 #6: a marker is someone else's text; a bad one is nobody's."""
+    env = {procs.MARKER_WORKER_ENV: wid, procs.MARKER_POOL_ENV: pool, procs.SESSION_ENV: "s"}
+    assert (procs.parse_marker(env) is not None) is ok

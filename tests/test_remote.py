@@ -391,6 +391,48 @@ def test_pools_file_is_found_in_pool_root_then_config_dir(tmp_path: Path,
     assert res.returncode == 2 and "not found" in res.stderr
 
 
+def test_pools_file_in_the_current_directory_is_not_loaded(tmp_path: Path,
+                                                           sshd: SshdServer) -> None:
+    """Issue 20 #8: a planted pools.toml (its ssh config holds a ProxyCommand) in the
+    working directory is never read by default; naming its directory as the pool root is
+    what makes it count."""
+    canary = tmp_path / "proxy-canary"
+    evil = tmp_path / "evil_config"
+    evil.write_text(f"Host *\n  ProxyCommand sh -c 'touch {canary}'\n")
+    (tmp_path / "pools.toml").write_text(
+        f'ssh_config = {toml_str(str(evil))}\n[pools.mac]\nhost = {toml_str(sshd.alias)}\n')
+    res = llorch(tmp_path, "pool", "status", "--host", "mac", "--connect-timeout", "3")
+    assert not canary.exists()
+    assert res.returncode == 255, res.stderr  # `mac` is a plain destination that resolves nowhere
+    listed = llorch(tmp_path, "pools", "list")
+    assert listed.returncode == 2 and "no pools file found" in listed.stderr
+    named = llorch(tmp_path, "--pool-root", str(tmp_path), "pools", "list")
+    assert named.returncode == 0 and "mac" in named.stdout
+    assert not canary.exists()
+
+
+def test_pools_file_writable_by_others_is_refused(tmp_path: Path, sshd: SshdServer) -> None:
+    pf = write_pools(tmp_path, sshd, {"p": pool_entry(sshd, tmp_path)})
+    pf.chmod(0o664)
+    res = llorch(tmp_path, "--pools-file", str(pf), "pool", "status", "--host", "p")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert res.stderr.startswith(f"error: pools file {pf} is writable by group")
+    assert f"chmod go-w {pf}" in res.stderr
+
+
+def test_unknown_arguments_never_reach_the_remote(tmp_path: Path, pools_file: Path) -> None:
+    """Issue 20 #9 on both sides of a real ssh: `llorch pool` refuses `--pool-ro=/etc`
+    itself (exit 2), and the remote `llorch-pool` refuses the abbreviation too."""
+    res = llorch(tmp_path, "--pools-file", str(pools_file), "pool", "models", "catalog",
+                 "--host", "testpool", "--pool-ro=/etc")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "unrecognized arguments: --pool-ro=/etc" in res.stderr
+    pool = load_pools_file(pools_file).pools["testpool"]
+    direct = RemotePool(pool).run(["--pool-ro=/etc", "models", "catalog"], capture=True,
+                                  timeout=HANG_GUARD_S)
+    assert direct.returncode == 2 and "unrecognized arguments" in direct.stderr
+
+
 def test_secret_env_values_never_printed(tmp_path: Path, sshd: SshdServer) -> None:
     secret = "hf_SECRETdoNotPrint123456"
     pf = write_pools(tmp_path, sshd, {"p": pool_entry(
@@ -402,6 +444,22 @@ def test_secret_env_values_never_printed(tmp_path: Path, sshd: SshdServer) -> No
     assert "HF_TOKEN=***" in dry.stdout and "HF_ENDPOINT=http://127.0.0.1:9" in dry.stdout
     listing = llorch(tmp_path, "--pools-file", str(pf), "pools", "list")
     assert secret not in listing.stdout + listing.stderr and "HF_TOKEN" in listing.stdout
+
+
+def test_dry_run_masks_secrets_by_shape_and_in_urls(tmp_path: Path, sshd: SshdServer) -> None:
+    """Issue 20 #2: an `hf_` value under a plain name, a password in HF_ENDPOINT and a token
+    in a query string are masked too; the plain parts stay readable."""
+    token, password, query = "hf_PLAINname7Qx2Zr9WkT", "S3cretPassw0rd", "qTok3nZ8x7c6"
+    pf = write_pools(tmp_path, sshd, {"p": pool_entry(sshd, tmp_path, env={
+        "MIRROR_NOTE": token, "HF_ENDPOINT": f"http://alice:{password}@hub.lan:8080",
+        "EXTRA_URL": f"https://hub.lan/?token={query}&x=1"})})
+    dry = llorch(tmp_path, "--pools-file", str(pf), "pool", "models", "list", "--host", "p",
+                 "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    for secret in (token, password, query):
+        assert secret not in dry.stdout + dry.stderr
+    assert "MIRROR_NOTE=***" in dry.stdout and "http://***@hub.lan:8080" in dry.stdout
+    assert "token=***&x=1" in dry.stdout
 
 
 def test_ssh_command_keeps_host_key_checking_and_batch_mode(tmp_path: Path,

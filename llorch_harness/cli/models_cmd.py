@@ -7,7 +7,7 @@ import json
 
 from .. import catalog as cat
 from ..units import format_gb
-from .common import add_pool_root, pool_paths, require_subcommand
+from .common import add_pool_root, finite_seconds, pool_paths, require_subcommand
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = msub.add_parser("download", help="download a model from the hub and verify it")
     p.add_argument("model_id")
     p.add_argument("--force", action="store_true", help="download again even if verified")
+    p.add_argument("--stall-timeout", type=finite_seconds(allow_zero=False), default=60.0,
+                   metavar="S", help="give up when a hub answer is not complete, or a file "
+                   "delivers less than 64 KiB, within S seconds (default 60)")
     add_pool_root(p)
     p.set_defaults(func=cmd_download)
 
@@ -55,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_download(args: argparse.Namespace) -> int:
     from ..download import download_model
 
-    download_model(pool_paths(args), args.model_id, force=args.force)
+    download_model(pool_paths(args), args.model_id, force=args.force,
+                   stall_timeout=args.stall_timeout)
     return 0
 
 
@@ -68,7 +72,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def format_catalog_table(catalog: cat.Catalog) -> str:
     lines = [
-        f"Model Catalog for {catalog.pool_id}",
+        f"Model Catalog for {catalog.pool_id if catalog.pool_id is not None else '?'}",
         "=" * 80,
         f"{'ID':<15} {'Name':<30} {'Downloaded':<12} {'Size':<10} {'Backends'}",
         "-" * 80,

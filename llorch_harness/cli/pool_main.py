@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from . import models_cmd, status_cmd, worker_cmd
-from .common import add_pool_root, run_parsed
+from .common import add_pool_root, no_abbreviations, run_parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cmd.register(sub)
     worker_cmd.register(sub)
     status_cmd.register(sub)
-    return parser
+    return no_abbreviations(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

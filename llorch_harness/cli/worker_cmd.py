@@ -5,23 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TextIO
 
 import psutil
 
 from .. import workers as w
 from ..errors import HarnessError
 from ..procs import read_marker
-from .common import add_pool_root, pool_paths, require_subcommand
+from ..redaction import redact
+from .common import (
+    add_pool_root,
+    finite_seconds,
+    int_in_range,
+    pool_paths,
+    port_number,
+    require_subcommand,
+)
 
-
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+_nonneg_float = finite_seconds(allow_zero=True)  # nan and inf are refused: see finite_seconds
+_positive_float = finite_seconds(allow_zero=False)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,14 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = wsub.add_parser("spawn", help="start a worker detached and wait until it is ready")
     p.add_argument("backend", help="cpu, cuda or metal")
     p.add_argument("--model", required=True, metavar="ID", help="catalog model id")
-    p.add_argument("--gpu", type=int, default=0, help="device index (default 0)")
-    p.add_argument("--port", type=int, default=None,
+    p.add_argument("--gpu", type=int_in_range(0, 65535 - w.BASE_PORT, "device index"), default=0,
+                   help="device index (default 0)")
+    p.add_argument("--port", type=port_number, default=None,
                    help="port (default 8000+gpu; 0: a free port from the OS)")
     p.add_argument("--worker", choices=w.WORKER_KINDS, default="llorch",
                    help="llorch: the llorch-<backend>-candled binary; reference: the harness's")
     p.add_argument("--llorch-bin-dir", metavar="DIR", default=None,
                    help="where the worker binaries are (default $LLORCH_BIN_DIR, then PATH)")
-    p.add_argument("--ready-timeout", type=_nonneg_float, default=120.0, metavar="S",
+    p.add_argument("--ready-timeout", type=_positive_float, default=120.0, metavar="S",
                    help="seconds to wait for ready (default 120: real models load slowly)")
     p.add_argument("--worker-id", default=None, help="default worker-<backend>-<gpu>")
     p.add_argument("--json", action="store_true", help="print the record as JSON when ready")
@@ -143,13 +146,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if args.all == bool(args.worker_id):
         raise HarnessError("give a worker id or --all (not both)",
                            "e.g. llorch-pool worker stop worker-cpu-0", exit_code=2)
-    if args.all:
-        results = w.stop_all(paths, grace=args.grace)
+    failures: list[w.StopFailure] = []
+    if args.all:  # every worker it can; the records it cannot handle are reported after
+        results, failures = w.stop_every(paths, grace=args.grace)
     else:
         results = [w.stop_worker(paths, args.worker_id, grace=args.grace)]
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2))
-    elif not results:
+    elif not results and not failures:
         print("No workers to stop")
     for r in results if not args.json else []:
         how = {"sigint": "stopped gracefully (SIGINT)", "sigterm": "stopped by SIGTERM",
@@ -157,6 +161,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
                "stale_record": "had a stale record (pid reused); nothing signalled"}[r.step]
         port = "port free" if r.port_free else "PORT STILL IN USE"
         print(f"✅ Worker {r.worker_id} {how} in {r.seconds:.2f} s; {port}; record removed")
+    if failures:
+        sys.stdout.flush()
+        for f in failures:
+            print(redact(f"  not handled: {f.record}: {f.message}"), file=sys.stderr)
+        print(f"error: {len(failures)} worker record(s) not handled, {len(results)} handled "
+              f"(look at the records named above, fix or move them aside, then run "
+              f"llorch-pool worker stop --all again)", file=sys.stderr, flush=True)
+        return 1
     return 0 if all(r.port_free for r in results) else 1
 
 
@@ -165,15 +177,49 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if args.lines < 0:
         raise HarnessError("-n must be 0 or more", "e.g. -n 100", exit_code=2)
     if args.follow:
+        out = RedactingWriter(sys.stdout)
         try:
-            w.follow_logs(paths, args.worker_id, args.lines)
+            w.follow_logs(paths, args.worker_id, args.lines, out=out)  # type: ignore[arg-type]
         except KeyboardInterrupt:
             return 0
+        finally:
+            out.close()
         return 0
     text = w.worker_logs(paths, args.worker_id, args.lines)
     if text:
-        print(text)
+        print(redact(text))  # the worker's own output may hold a token
     return 0
+
+
+class RedactingWriter:
+    """A text stream that passes whole lines through the one redaction (a secret split
+    across two reads of a followed log is whole again here). A line longer than
+    MAX_PENDING (a `\r`-redrawn progress bar) is let through in pieces."""
+
+    MAX_PENDING = 64 * 1024
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        if "\n" in self.pending:
+            done, _, self.pending = self.pending.rpartition("\n")
+            self.out.write(redact(done + "\n"))
+        if len(self.pending) > self.MAX_PENDING:
+            self.out.write(redact(self.pending))
+            self.pending = ""
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.pending:
+            self.out.write(redact(self.pending))
+            self.pending = ""
+        self.out.flush()
 
 
 def cmd_reap(args: argparse.Namespace) -> int:

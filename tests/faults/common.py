@@ -31,6 +31,9 @@ _COUNTS: dict[str, tuple[int, int]] = {
     "download_kills": (2, 6),
     "orphan_cycles": (1, 20),
     "hang_requests": (1, 5),
+    "forgers_per_kind": (1, 4),  # issue 20 #3: forged-marker processes per forgery kind
+    "redaction_fuzz": (300, 5000),  # issue 20 #1: random secrets per carrier form
+    "deadline_rounds": (1, 3),
 }
 
 PYTHON = sys.executable

@@ -120,6 +120,67 @@ SECTIONS = [
     ("7. Hangs", ["hang", "hang_reference_worker"],
      "Each hostile scenario's first request must fail at its deadline; the next request on "
      "the same server must succeed."),
+    ("Issue 20: one redaction (secrets #1, #2)",
+     ["redaction_gate", "redaction_cli", "redaction_corpus", "redaction_fuzz"],
+     "redaction_gate: the gate (tests_hw -m cpu, real lab) with a worker that prints "
+     "HF_TOKEN, a password in HF_ENDPOINT and an hf_ token under a plain name, then exits 1; "
+     "-l -vv -rA, serial and -n 2; terminal, HTML (and its base64), JUnit XML, gate JSON and "
+     "every file under the pool root and basetemp except the worker's own logs scanned "
+     "(those must hold the canaries). redaction_cli: `llorch pool/pools --dry-run`, `pools "
+     "list` and `models download` with credentials in HF_ENDPOINT. redaction_corpus: each "
+     "carrier of corpus/secrets.json; redaction_fuzz: random secrets in every escaped form "
+     "and as NAME=value, URL userinfo and query parameters."),
+    ("Issue 20: only proven-ours processes are signalled (#3, #4, #5)",
+     ["forged_markers", "stop_all"],
+     "forged_markers: a pytest session's start-up sweep beside forged-marker processes of "
+     "every kind (per kind: LLORCH_FAULT_SCALE) and one genuine leftover of a dead session; "
+     "records pointing at `env -i`/unrelated-environment processes in every record format "
+     "through worker list/stop/stop --all/reap. Signal-trapping canaries count signals. "
+     "stop_all: `worker stop --all` with bad records sorted before live workers."),
+    ("Issue 20: paths and trusted input (#6, #7, #8, #9)",
+     ["path_escapes", "untrusted_config", "remote_argv"],
+     "path_escapes: forged marker ids and pool roots beside every command that reads "
+     "markers, and a symbolic link at each place under the pool root a command writes; "
+     "the tree outside the pool root (or behind the link) is snapshotted, 0 changes allowed. "
+     "untrusted_config: planted pools files (cwd, relative XDG_CONFIG_HOME) and pools/ssh "
+     "config files writable by others or owned by another user, with a fake ssh and a "
+     "canary. remote_argv: every option prefix of every parser of the three CLIs, unknown "
+     "arguments to `llorch pool`/`pools` (ssh never started) and to `llorch-pool`."),
+    ("Issue 20: one deadline rule for everything read from outside (#10, #11)",
+     ["deadline_health", "deadline_spawn", "deadline_list", "deadline_hub"],
+     "deadline_health: `readiness.ask_health` (1 s whole-call deadline) against a raw socket "
+     "that trickles the body, trickles the headers, never answers, never reads, sends "
+     "chunks forever, answers 500 or garbage; elapsed per round, then a healthy answer on "
+     "the same server. deadline_spawn: `worker spawn --ready-timeout 3` (library and CLI) "
+     "on a worker whose /health trickles, trickles its headers or stays silent. "
+     "deadline_list: `worker list`, `--json`, `status`, `status --json` and list_workers() "
+     "on a live worker whose /health stops answering (the real worker while it generates): "
+     "seconds per command, health `no answer`. deadline_hub: `models download "
+     "--stall-timeout 2` against a hub that trickles a file, the weights, the revision or "
+     "the tree answer, withholds a file or its body, or links its tree listing to itself, "
+     "in a two-page cycle, or endlessly (page bound 30 in that test); the model lock must be "
+     "free, nothing recorded, and the next download must succeed."),
+    ("Issue 20: only regular files are read (#12)", ["special_files"],
+     "A FIFO, a symlink to a FIFO, a socket, a directory and a symlink to /dev/zero as the "
+     "catalog, a worker record, a worker log, a gate result and the gate JSON target, "
+     "through every command that reads that place (CI: three kinds; full: all five); "
+     "the slowest command per row (each must end with one line, or an `invalid` row)."),
+    ("Issue 20: linear log tail (#13)", ["log_tail", "log_tail_cli"],
+     "workers.tail_lines on a 1 MB and a 20 MB log of the same shape (no line break at all, "
+     "`\\r`-redrawn progress, a 20 MB last line, CRLF lines), best of 7 (full: 15) runs "
+     "each; the ratio must stay below 5 (the old tail: 1 MB 0.17 s, 5 MB 3.2 s). "
+     "log_tail_cli: `worker logs -n 3` on the 20 MB progress log, whole command."),
+    ("Issue 20: no tracebacks, one usage error (#14, #15, #16)",
+     ["corpus_plugin_option", "corpus_plugin_rootdir"],
+     "The hostile corpus (section 5) also feeds corpus/cli_values.json to every option of "
+     "every llorch-pool and llorch-harness command (found by walking the parsers), "
+     "hub_endpoints.json to `models download`, gate_times.json to `gate merge`, and null or "
+     "lone-surrogate catalogs and odd ports/uris in records to their commands; those runs "
+     "count in corpus_case. corpus_plugin_option: each case of plugin_options.json through "
+     "`pytest tests_hw -m cpu` (exit 4, one ERROR line, no setup errors). "
+     "corpus_plugin_rootdir: every value-taking gate option and pytest-html's --html, "
+     "spelled `--opt VALUE` with an existing VALUE, run from the checkout: runs whose "
+     "rootdir moved (collected outside tests_hw/ or failed)."),
 ]
 
 

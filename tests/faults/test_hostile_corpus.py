@@ -11,9 +11,11 @@ as sshd would, so an injection would create the canary. SSE cases run
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -34,12 +36,13 @@ from llorch_harness.hub import LocalHub, build_embedded_hub_root
 from llorch_harness.paths import PoolPaths, validate_model_id, validate_repo_id
 from llorch_harness.workerclient import ExecuteRequest, execute
 
-from .common import ANTI_HANG_S, BIN, FULL, LLORCH, LLORCH_POOL, clean_env, figure
+from .common import ANTI_HANG_S, BIN, FULL, LLORCH, LLORCH_POOL, REPO_ROOT, clean_env, figure
 from .rawserver import RawServer
 
 CORPUS = Path(__file__).with_name("corpus")
 OUTSIDE_TARGETS = [Path("/tmp/evil"), Path("/tmp/llorch-evil.json"), Path("/tmp/llorch-outside")]
 MAX_MESSAGE = 600  # a clear message is one line, and a 4096-character value is cut in it
+INTERNAL = "error: internal error:"  # cli.common's line for an exception that is a bug
 
 # Known bugs found by this corpus: (category, case id) -> "BUG: one line". Each stays a
 # strict xfail until the fix is in. The first round (RecursionError from deeply nested
@@ -129,8 +132,8 @@ class Sandbox:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=ANTI_HANG_S,
                            env={**self.env, **env}, cwd=self.root / "cwd",
                            stdin=subprocess.DEVNULL, check=False, errors="replace")
-        if "Traceback" in r.stderr or "Traceback" in r.stdout:
-            self.tracebacks += 1
+        if "Traceback" in r.stderr or "Traceback" in r.stdout or INTERNAL in r.stderr:
+            self.tracebacks += 1  # the CLI's last-resort line for a bug counts as one too
         return r
 
     def pool_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -170,6 +173,7 @@ def assert_clear_refusal(r: subprocess.CompletedProcess[str]) -> str:
     """Non-zero exit, no traceback, one short `error:` line (argparse's usage form counts)."""
     assert r.returncode != 0, (r.stdout[-500:], r.stderr[-500:])
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert INTERNAL not in r.stderr, r.stderr[-3000:]
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error: ") or ": error: " in ln]
     assert len(errors) == 1, r.stderr[-2000:]
@@ -182,6 +186,7 @@ def assert_clear_refusal(r: subprocess.CompletedProcess[str]) -> str:
 def assert_handled(r: subprocess.CompletedProcess[str]) -> None:
     """Success, or a clear refusal; never a traceback."""
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert INTERNAL not in r.stderr, r.stderr[-3000:]
     if r.returncode != 0:
         assert_clear_refusal(r)
 
@@ -364,6 +369,17 @@ def test_malformed_catalog(case: dict[str, Any], sandbox: Sandbox, hub: LocalHub
                      ("models", "catalog")):
             assert_handled(sandbox.pool_cli(*args))
         assert not (pool.root.parent / "outside").exists()
+        if case.get("roundtrip"):  # issue 20 #14: any write keeps what it read (null too)
+            assert_handled(sandbox.pool_cli("models", "register", "zz-new", "--name", "Z",
+                                            "--repo", "org/zz", "--architecture", "qwen"))
+            before, after = json.loads(data), json.loads(pool.catalog_path.read_bytes())
+            for key, value in before.items():
+                if key not in ("models", "updated_at"):
+                    assert after[key] == value, (key, after[key], value)
+            for model in before["models"]:  # every key read is written back as it was
+                (kept,) = [m for m in after["models"] if m["id"] == model["id"]]
+                assert {k: kept.get(k) for k in model} == model, (model, kept)
+            assert after["models"][-1]["id"] == "zz-new"
         return
     commands = [("models", "download", "tiny-qwen"),
                 ("models", "register", "zz", "--name", "Z", "--repo", "org/zz",
@@ -498,3 +514,252 @@ def test_deep_json_event_is_the_workers_fault() -> None:
                       first_event_timeout=10, event_timeout=10, total_timeout=30)
     assert [p.kind for p in res.problems] == ["invalid_json"], res.problems
     assert res.terminal is not None and res.terminal["type"] == "end"
+
+
+# --------------------------------------------------------------------------- issue 20 #15
+# Values no command should ever crash on, fed to every option of every CLI: the options
+# are found by walking the argparse parsers, so a new command or option is covered too.
+
+LLORCH_HARNESS = BIN / "llorch-harness"
+DEAD_ENDPOINT = "http://127.0.0.1:9"  # refused at once: nothing leaves the machine
+_FILL = {  # values for the arguments a command needs besides the one under test
+    "model_id": "tiny-qwen", "name": "N", "repo": "org/n", "architecture": "qwen",
+    "backend": "cpu", "model": "tiny-qwen", "worker_id": "worker-cpu-0", "pools": "a",
+}
+
+
+def _leaf_parsers() -> list[tuple[Path, list[str], argparse.ArgumentParser]]:
+    from llorch_harness.cli import harness_main, pool_main
+
+    out: list[tuple[Path, list[str], argparse.ArgumentParser]] = []
+
+    def walk(exe: Path, path: list[str], parser: argparse.ArgumentParser) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            out.append((exe, path, parser))
+        for sub in subs:
+            for name, child in sub.choices.items():
+                walk(exe, [*path, name], child)
+
+    walk(LLORCH_POOL, [], pool_main.build_parser())
+    walk(LLORCH_HARNESS, [], harness_main.build_parser())
+    return [(exe, path, p) for exe, path, p in out if path]
+
+
+def _value_kind(action: argparse.Action) -> str | None:
+    """"number" or "text" for an argument that takes one value; None for flags."""
+    if action.nargs == 0 or isinstance(action, argparse._HelpAction | argparse._VersionAction):
+        return None
+    if action.type is None or action.type is str:
+        return "text"
+    try:
+        return "number" if isinstance(action.type("1"), int | float) else "text"
+    except (argparse.ArgumentTypeError, ValueError, TypeError):
+        return "number"
+
+
+def cli_option_cases() -> list[Any]:
+    cases = []
+    for exe, path, parser in _leaf_parsers():
+        for action in parser._actions:
+            kind = _value_kind(action)
+            if kind is None:
+                continue
+            name = action.option_strings[-1] if action.option_strings else action.dest
+            cases.append(pytest.param((exe, tuple(path), action.dest, kind),
+                                      id=f"{exe.name} {' '.join(path)} {name}"))
+    return cases
+
+
+def _raw(case: dict[str, Any]) -> bytes:
+    if "b64" in case:
+        return base64.b64decode(case["b64"])
+    return value_of(case, Path("/nonexistent")).encode("utf-8")
+
+
+def _argv(exe: Path, path: tuple[str, ...], dest: str, value: bytes, sb: Sandbox
+          ) -> list[bytes]:
+    parser = next(p for e, pa, p in _leaf_parsers() if e == exe and tuple(pa) == path)
+    scratch = sb.pool.root / "scratch"  # inside the pool root, never created by a run
+    fill = {**_FILL, "dir": str(scratch / "missing"), "results": None}
+    argv: list[bytes] = [os.fsencode(str(exe)), *(p.encode() for p in path)]
+    tested: list[bytes] = []
+    for action in parser._actions:
+        if _value_kind(action) is None:
+            continue
+        if action.dest == dest:
+            if action.option_strings:
+                tested = [action.option_strings[-1].encode() + b"=" + value]
+            else:
+                argv.append(value)
+            continue
+        if not action.option_strings:
+            if fill.get(action.dest) is not None:
+                argv.append(fill[action.dest].encode())
+        elif action.required:
+            argv += [action.option_strings[-1].encode(), fill[action.dest].encode()]
+    if exe == LLORCH_POOL:
+        argv += [b"--pool-root", os.fsencode(str(sb.pool.root))]
+    return argv + tested  # last, so it wins over the --pool-root given above
+
+
+@pytest.mark.parametrize("target", cli_option_cases())
+def test_every_cli_option_survives_hostile_values(target: tuple[Any, ...],
+                                                  sandbox: Sandbox) -> None:
+    """Numbers that are no numbers (nan, inf, -1, 99999, 1e999) and text that is no UTF-8,
+    in every option of every command: one clear line and a non-zero exit (usage errors
+    exit 2), or a normal run; never a traceback, never a hang."""
+    exe, path, dest, kind = target
+    values = [c for c in load("cli_values") if c["class"] == kind]
+    if not FULL:  # CI: one value per option, rotating, so every value still runs somewhere
+        values = [values[sum(map(ord, f"{path}{dest}")) % len(values)]]
+    for case in values:
+        argv = _argv(exe, path, dest, _raw(case), sandbox)
+        sandbox.runs += 1
+        r = subprocess.run(argv, capture_output=True, timeout=ANTI_HANG_S, check=False,
+                           env={**sandbox.env, "HF_ENDPOINT": DEAD_ENDPOINT},
+                           cwd=sandbox.root / "cwd", stdin=subprocess.DEVNULL)
+        res = subprocess.CompletedProcess(argv, r.returncode,
+                                          r.stdout.decode("utf-8", "replace"),
+                                          r.stderr.decode("utf-8", "replace"))
+        if "Traceback" in res.stderr or INTERNAL in res.stderr:
+            sandbox.tracebacks += 1
+        if case.get("expect") == "handled":
+            assert_handled(res)
+        else:
+            line = assert_clear_refusal(res)
+            if kind == "text":
+                assert res.returncode == 2, line
+                assert "UTF-8" in line or "invalid choice" in line, line
+
+
+@pytest.mark.parametrize("case", cases("hub_endpoints"))
+def test_hostile_hub_endpoint(case: dict[str, Any], sandbox: Sandbox) -> None:
+    """`HF_ENDPOINT='http://[::1'` or `'ftp://h:99999'`: one usage line, no traceback, and
+    no credential in it."""
+    raw = _raw(case)
+    env = {**sandbox.env, "HF_ENDPOINT": os.fsdecode(raw)}
+    argv = [str(LLORCH_POOL), "models", "download", "tiny-qwen", "--pool-root",
+            str(sandbox.pool.root)]
+    sandbox.runs += 1
+    r = subprocess.run(argv, capture_output=True, text=True, errors="replace",
+                       timeout=ANTI_HANG_S, check=False, env=env, cwd=sandbox.root / "cwd",
+                       stdin=subprocess.DEVNULL)
+    if "Traceback" in r.stderr or INTERNAL in r.stderr:
+        sandbox.tracebacks += 1
+    line = assert_clear_refusal(r)
+    assert r.returncode == 2 and "hub endpoint" in line, line
+    if case.get("secret"):
+        assert case["secret"] not in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("case", cases("gate_times"))
+def test_hostile_gate_result_time(case: dict[str, Any], sandbox: Sandbox) -> None:
+    """`gate merge` of a result whose finished_at is `0001-01-01T00:00:00+23:59` (and other
+    times): one line naming the file and the key, exit 2; or a verdict, never a crash."""
+    from tests.test_gatemerge import pool_doc
+
+    doc = pool_doc("mac", "metal")
+    value: Any = case["json"] if "json" in case else case.get("value")
+    results = sandbox.pool.root / "results"
+    results.mkdir(parents=True)
+    for key in ("finished_at", "started_at"):
+        text = json.dumps({**doc, key: value})
+        if "json_text" in case:
+            text = json.dumps({**doc, key: "@@"}).replace('"@@"', case["json_text"])
+        path = results / f"{key}.json"
+        path.write_text(text)
+        r = sandbox.run([str(LLORCH_HARNESS), "gate", "merge", f"mac={path}", "--html",
+                         str(results / "out.html"), "--json", str(results / "out.json")])
+        assert "Traceback" not in r.stderr and INTERNAL not in r.stderr, r.stderr[-3000:]
+        if r.returncode == 2:
+            line = assert_clear_refusal(r)
+            assert str(path) in line and key in line, line
+        else:  # a verdict (pass or fail), with its report
+            assert case.get("expect") == "handled" or key == "started_at", r.stdout[-2000:]
+            assert r.returncode in (0, 1) and (results / "out.json").exists(), r.stderr
+
+
+def _plugin_case_argv(case: dict[str, Any], tmp: Path) -> tuple[list[str], dict[str, str]]:
+    afile = tmp / "a-file"
+    afile.write_text("x")
+    adir = tmp / "a-dir"
+    adir.mkdir(exist_ok=True)
+
+    def sub(v: str) -> str:
+        return v.replace("{FILE}", str(afile)).replace("{DIR}", str(adir))
+
+    return [sub(a) for a in case.get("argv", [])], {k: sub(v) for k, v in
+                                                     case.get("env", {}).items()}
+
+
+@pytest.mark.parametrize("case", cases("plugin_options"))
+def test_hostile_gate_option_is_one_usage_error(case: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 20 #16: a bad gate option fails the run once (pytest exit 4, one
+    `ERROR: llorch-harness: ...` line), not every test's setup with a traceback."""
+    argv, env = _plugin_case_argv(case, tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    t0 = time.monotonic()
+    r = subprocess.run([str(BIN / "pytest"), str(REPO_ROOT / "tests_hw"), "-m", "cpu", "-q",
+                        "-p", "no:cacheprovider", "-k", "test_health", *argv],
+                       capture_output=True, text=True, timeout=ANTI_HANG_S, check=False,
+                       env=clean_env(**env), cwd=cwd, stdin=subprocess.DEVNULL)
+    took = time.monotonic() - t0
+    out = r.stdout + r.stderr
+    assert r.returncode == 4, out[-3000:]
+    assert "Traceback" not in out and "INTERNALERROR" not in out, out[-3000:]
+    errors = [ln for ln in out.splitlines() if ln.startswith("ERROR:")]
+    assert len(errors) == 1, out[-3000:]
+    assert "llorch-harness" in errors[0] or "argument" in out, out[-3000:]
+    assert not re.search(r"\d+ errors?\b", out), out[-3000:]  # no per-test setup errors
+    figure("corpus_plugin_option", case=case["id"], exit=r.returncode, seconds=round(took, 2),
+           message=errors[0][:160])
+
+
+# --------------------------------------------------------------------------- issue 20 #16
+# pytest decides rootdir and ini file before it loads plugins, so `--OPTION VALUE` with an
+# existing VALUE moved the run's root there. Every value-taking gate option (and
+# pytest-html's --html), spelled with a space, must leave rootdir and ini file alone.
+
+
+def _space_options(tmp: Path) -> list[tuple[str, str]]:
+    from llorch_harness import labs
+
+    adir = tmp / "some-dir"
+    adir.mkdir(exist_ok=True)
+    afile = adir / "existing.json"
+    afile.write_text("{}")
+    out = []
+    for spec in labs.OPTIONS:
+        if spec.kind == "bool":
+            continue
+        value = {"float": "30", "int": "8"}.get(spec.kind, str(adir))
+        if spec.choices:
+            value = spec.choices[0]
+        if spec.flag in ("--gate-json",):
+            value = str(afile)
+        if spec.flag in ("--gate-model",):
+            value = "tiny-qwen"
+        if spec.flag in ("--backend-available", "--require-backend"):
+            value = "cpu"
+        out.append((spec.flag, value))
+    out.append(("--html", str(adir / "existing.html")))
+    (adir / "existing.html").write_text("")
+    return out
+
+
+def test_space_separated_option_values_keep_the_rootdir(tmp_path: Path) -> None:
+    opts = _space_options(tmp_path)
+    moved = []
+    for flag, value in opts:
+        r = subprocess.run([str(BIN / "pytest"), "-m", "cpu", "--collect-only", "-q",
+                            "-p", "no:cacheprovider", flag, value],
+                           capture_output=True, text=True, timeout=ANTI_HANG_S, check=False,
+                           env=clean_env(), cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
+        out = r.stdout + r.stderr
+        collected = [ln for ln in r.stdout.splitlines() if "::" in ln]
+        if r.returncode not in (0, 5) or any(not c.startswith("tests_hw/") for c in collected):
+            moved.append((flag, r.returncode, out[-400:]))
+    figure("corpus_plugin_rootdir", options=len(opts), moved=len(moved))
+    assert moved == [], moved
