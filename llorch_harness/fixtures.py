@@ -358,7 +358,11 @@ class WorkerFactory:
             self.stop(old)
         return self.live(backend, gpu)
 
-    def stop(self, handle: Any, grace: float = 10.0) -> Any:
+    def stop(self, handle: Any, grace: float | None = None) -> Any:
+        """SIGINT with a grace longer than a generation (workers.STOP_GRACE_S)."""
+        from .workers import STOP_GRACE_S
+
+        grace = STOP_GRACE_S if grace is None else grace
         try:
             return handle.stop(grace=grace)
         finally:

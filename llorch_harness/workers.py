@@ -47,6 +47,9 @@ BASE_PORT = 8000
 LOG_TAIL_LINES = 40
 LIST_HEALTH_DEADLINE_S = 1.0  # `worker list`/`status`: whole /health call, answer or not
 FAILED_START_GRACE = 2.0  # SIGINT grace for a worker that never got ready
+# SIGINT grace for a running worker: longer than a generation, because llorch-candled is
+# single-threaded and handles SIGINT only once the generation in progress has ended.
+STOP_GRACE_S = 30.0
 WORKER_KINDS = ("llorch", "reference")
 REFWORKER_MODULE = "llorch_harness.refworker"
 
@@ -509,7 +512,7 @@ class WorkerHandle:
         return self._proc.poll() if self._proc is not None else (
             None if procs.process_alive(self.pid) else -1)
 
-    def stop(self, grace: float = 10.0) -> StopResult:
+    def stop(self, grace: float = STOP_GRACE_S) -> StopResult:
         """Idempotent: the second call returns the first result."""
         if self._stopped is None:
             self._stopped = _stop_recorded(self.paths, self.worker_id, grace, proc=self._proc,
@@ -558,7 +561,7 @@ def _stop_recorded(
     return _stop_process(paths, rp, rec, proc, grace=grace)
 
 
-def stop_worker(paths: PoolPaths, worker_id: str, grace: float = 10.0) -> StopResult:
+def stop_worker(paths: PoolPaths, worker_id: str, grace: float = STOP_GRACE_S) -> StopResult:
     """Stop a recorded worker: SIGINT, grace, SIGTERM, SIGKILL; a stale record is just removed."""
     return _stop_recorded(paths, validate_worker_id(worker_id), grace)
 
@@ -580,7 +583,7 @@ class StopFailure:
         return {"record": self.record, "error": self.message}
 
 
-def stop_every(paths: PoolPaths, grace: float = 10.0) -> tuple[list[StopResult],
+def stop_every(paths: PoolPaths, grace: float = STOP_GRACE_S) -> tuple[list[StopResult],
                                                                list[StopFailure]]:
     """Try every record, whatever happens to one of them: an unreadable record, an oddly
     named file or a worker that survives SIGKILL is reported, never the end of the loop."""
@@ -607,7 +610,7 @@ def stop_every(paths: PoolPaths, grace: float = 10.0) -> tuple[list[StopResult],
     return results, failures
 
 
-def stop_all(paths: PoolPaths, grace: float = 10.0) -> list[StopResult]:
+def stop_all(paths: PoolPaths, grace: float = STOP_GRACE_S) -> list[StopResult]:
     """stop_every, then one error naming every record that could not be handled."""
     results, failures = stop_every(paths, grace)
     if failures:

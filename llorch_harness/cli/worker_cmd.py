@@ -58,8 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = wsub.add_parser("stop", help="SIGINT, grace, SIGTERM, SIGKILL; then remove the record")
     p.add_argument("worker_id", nargs="?")
     p.add_argument("--all", action="store_true", help="stop every recorded worker")
-    p.add_argument("--grace", type=_nonneg_float, default=10.0, metavar="S",
-                   help="seconds between SIGINT and SIGTERM (default 10)")
+    p.add_argument("--grace", type=_nonneg_float, default=w.STOP_GRACE_S, metavar="S",
+                   help="seconds between SIGINT and SIGTERM (default 30: longer than a "
+                        "generation, which the worker finishes before it handles SIGINT)")
     p.add_argument("--json", action="store_true")
     add_pool_root(p)
     p.set_defaults(func=cmd_stop)
