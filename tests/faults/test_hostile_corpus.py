@@ -617,7 +617,9 @@ def test_every_cli_option_survives_hostile_values(target: tuple[Any, ...],
         argv = _argv(exe, path, dest, _raw(case), sandbox)
         sandbox.runs += 1
         r = subprocess.run(argv, capture_output=True, timeout=ANTI_HANG_S, check=False,
-                           env={**sandbox.env, "HF_ENDPOINT": DEAD_ENDPOINT},
+                           env={**sandbox.env, "HF_ENDPOINT": DEAD_ENDPOINT,
+                                # a valid value runs the command: its caches stay inside
+                                "LLORCH_HARNESS_CACHE": str(sandbox.pool.root / "cache")},
                            cwd=sandbox.root / "cwd", stdin=subprocess.DEVNULL)
         res = subprocess.CompletedProcess(argv, r.returncode,
                                           r.stdout.decode("utf-8", "replace"),
@@ -763,3 +765,34 @@ def test_space_separated_option_values_keep_the_rootdir(tmp_path: Path) -> None:
             moved.append((flag, r.returncode, out[-400:]))
     figure("corpus_plugin_rootdir", options=len(opts), moved=len(moved))
     assert moved == [], moved
+
+
+# the exact commands of issue 20 #15 that take an argument (the files and environment
+# values are the corpus cases above): each one line naming the problem, exit 2
+ISSUE_20_COMMANDS = {
+    "register-name-latin1": [b"models", b"register", b"cafe", b"--name", b"caf\xe9",
+                             b"--repo", b"o/cafe", b"--architecture", b"qwen"],
+    "hub-serve-port-99999": [b"hub", b"serve", b"{POOL}", b"--port", b"99999"],
+    "tiny-model-seed-minus-1": [b"tiny-model", b"build", b"{POOL}/tiny", b"--seed", b"-1"],
+    "spawn-ready-timeout-nan": [b"worker", b"spawn", b"cpu", b"--model", b"tiny-qwen",
+                                b"--ready-timeout", b"nan"],
+}
+
+
+@pytest.mark.parametrize("name", list(ISSUE_20_COMMANDS))
+def test_issue_20_listed_commands(name: str, sandbox: Sandbox) -> None:
+    args = [a.replace(b"{POOL}", os.fsencode(str(sandbox.pool.root)))
+            for a in ISSUE_20_COMMANDS[name]]
+    exe = LLORCH_POOL if args[0] in (b"models", b"worker") else LLORCH_HARNESS
+    extra = [b"--pool-root", os.fsencode(str(sandbox.pool.root))] if exe == LLORCH_POOL else []
+    sandbox.runs += 1
+    r = subprocess.run([os.fsencode(str(exe)), *args, *extra], capture_output=True,
+                       timeout=ANTI_HANG_S, check=False, env=sandbox.env,
+                       cwd=sandbox.root / "cwd", stdin=subprocess.DEVNULL)
+    res = subprocess.CompletedProcess(args, r.returncode, r.stdout.decode("utf-8", "replace"),
+                                      r.stderr.decode("utf-8", "replace"))
+    if "Traceback" in res.stderr:
+        sandbox.tracebacks += 1
+    assert_clear_refusal(res)
+    assert res.returncode == 2, res.stderr
+    assert not sandbox.pool.catalog_path.exists() and not (sandbox.pool.root / "tiny").exists()
