@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx2
 
-from .workerclient import _Watchdog  # the one whole-call deadline mechanism
+from .workerclient import Watchdog  # the one whole-call deadline mechanism
 
 DEFAULT_STALL_S = 60.0
 STALL_MIN_BYTES = 64 * 1024  # per stall window: ~1 KB/s at the default, any real link does more
@@ -82,7 +82,7 @@ def _is_listing(request: httpx2.Request) -> bool:
 class _Counted(httpx2.SyncByteStream):
     """A response body that tells the watchdog about progress and stops it when closed."""
 
-    def __init__(self, inner: Any, wd: _Watchdog, policy: HubPolicy, what: str) -> None:
+    def __init__(self, inner: Any, wd: Watchdog, policy: HubPolicy, what: str) -> None:
         self.inner = inner
         self.wd = wd
         self.policy = policy
@@ -117,7 +117,7 @@ class _Counted(httpx2.SyncByteStream):
             self.wd.__exit__(None, None, None)
 
 
-def _stall_message(policy: HubPolicy, what: str, wd: _Watchdog) -> str:
+def _stall_message(policy: HubPolicy, what: str, wd: Watchdog) -> str:
     fired = wd.fired.kind if wd.fired is not None else "deadline"
     if fired == "deadline":
         return (f"the hub did not complete {what} within {policy.stall_s:g} s "
@@ -139,9 +139,9 @@ class _DeadlineTransport(httpx2.BaseTransport):
         url = str(request.url)
         what = f"{request.method} {request.url.path}"
         if _is_file_body(request):  # progress rule: min_bytes per window, no total limit
-            wd = _Watchdog(policy.stall_s, policy.stall_s, float("inf"))
+            wd = Watchdog(policy.stall_s, policy.stall_s, float("inf"))
         else:  # an API answer: the whole call within the deadline
-            wd = _Watchdog(policy.stall_s, float("inf"), policy.stall_s)
+            wd = Watchdog(policy.stall_s, float("inf"), policy.stall_s)
         request.extensions = {**request.extensions, "trace": _chain(
             request.extensions.get("trace"), wd.trace)}
         wd.__enter__()

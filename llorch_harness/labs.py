@@ -7,6 +7,7 @@ into JSON and handed to the workers; the pytest hooks only call into here.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -141,6 +142,8 @@ def _convert(spec: OptionSpec, raw: Any, source: str) -> Any:
             value = float(raw) if spec.kind == "float" else int(str(raw).strip())
         except ValueError:
             raise OptionError(f"{where}: expected a number, got {raw!r}") from None
+        if not math.isfinite(value):
+            raise OptionError(f"{where}: expected a finite number, got {raw!r}")
         if value <= 0 and spec.kind == "float" or value < 0:
             raise OptionError(f"{where}: must be positive, got {raw!r}")
         return value

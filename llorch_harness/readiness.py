@@ -26,7 +26,7 @@ import httpx
 
 from .localhttp import local_client
 from .procs import port_accepts
-from .workerclient import _read_capped, _Watchdog  # the one whole-call deadline mechanism
+from .workerclient import Watchdog, read_capped  # the one whole-call deadline mechanism
 
 POLL_S = 0.01
 POLL_AFTER_CALLBACK_S = 0.001  # the worker binds right after its callback: look closely
@@ -188,7 +188,7 @@ def ask_health(base_uri: object, deadline: float) -> Health:
         return Health("invalid", f"unusable worker uri {str(base_uri)[:80]!r}")
     no_answer = Health(NO_ANSWER,
                        f"no answer within {deadline:.3g} s (busy generating, or hung)")
-    wd = _Watchdog(deadline, deadline, deadline)
+    wd = Watchdog(deadline, deadline, deadline)
     try:
         # a fresh client per call: the watchdog can only shut down a connection it saw open
         with wd, local_client(deadline) as client:
@@ -197,7 +197,7 @@ def ask_health(base_uri: object, deadline: float) -> Health:
             response = client.send(req, stream=True)
             try:
                 status = response.status_code
-                data, _ = _read_capped(response, HEALTH_BODY_LIMIT)
+                data, _ = read_capped(response, HEALTH_BODY_LIMIT)
             finally:
                 response.close()
     except httpx.TimeoutException:

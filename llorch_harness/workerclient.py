@@ -185,7 +185,7 @@ class _Abort(Exception):
     """Raised inside the read loop to stop reading; the problem is already recorded."""
 
 
-class _Watchdog:
+class Watchdog:
     """Enforces the deadlines httpx cannot: first event, gap between events, whole call."""
 
     def __init__(self, first_event_timeout: float, event_timeout: float, total_timeout: float):
@@ -265,7 +265,7 @@ class _Watchdog:
         except OSError:
             pass
 
-    def __enter__(self) -> _Watchdog:
+    def __enter__(self) -> Watchdog:
         self._thread.start()
         return self
 
@@ -368,7 +368,7 @@ class _LineTooLong(Exception):
 class _Collector:
     """Turns SSE events into contract events and problems, with the per-call caps."""
 
-    def __init__(self, max_events: int, watchdog: _Watchdog, started: float):
+    def __init__(self, max_events: int, watchdog: Watchdog, started: float):
         self.max_events = max_events
         self.watchdog = watchdog
         self.started = started
@@ -442,7 +442,7 @@ def _summarise(problems: list[StreamProblem]) -> str | None:
     return head + (f" (and {more} more problems)" if more > 0 else "")
 
 
-def _read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+def read_capped(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
     buf = bytearray()
     for chunk in response.iter_raw():
         buf += chunk
@@ -493,7 +493,7 @@ def execute(
     timeout = httpx.Timeout(
         connect=min(connect_timeout, total_timeout), read=backstop, write=backstop, pool=backstop
     )
-    wd = _Watchdog(first_event_timeout, event_timeout, total_timeout)
+    wd = Watchdog(first_event_timeout, event_timeout, total_timeout)
     col = _Collector(max_events, wd, started)
     try:
         with wd, local_client(timeout) as client:
@@ -514,7 +514,7 @@ def execute(
 
 
 def _run_request(
-    client: httpx.Client, url: str, body: dict, hdrs: dict, wd: _Watchdog, col: _Collector,
+    client: httpx.Client, url: str, body: dict, hdrs: dict, wd: Watchdog, col: _Collector,
     result: StreamResult, max_line_bytes: int, max_body_bytes: int,
 ) -> None:
     try:
@@ -550,17 +550,17 @@ def _run_request(
         response.close()
 
 
-def _timeout_problem(wd: _Watchdog, phase: str, text: str) -> tuple[str, str]:
+def _timeout_problem(wd: Watchdog, phase: str, text: str) -> tuple[str, str]:
     fired = wd.fired
     if fired is not None:
         return fired.kind, fired.message
     return ("read" if phase != "connect" else "connect"), f"timed out ({phase}): {text}"
 
 
-def _read_body_text(response: httpx.Response, result: StreamResult, wd: _Watchdog,
+def _read_body_text(response: httpx.Response, result: StreamResult, wd: Watchdog,
                     col: _Collector) -> None:
     try:
-        data, truncated = _read_capped(response, BODY_TEXT_LIMIT)
+        data, truncated = read_capped(response, BODY_TEXT_LIMIT)
     except httpx.HTTPError as exc:
         col.problem(*_timeout_problem(wd, "read", f"reading the body: {exc}"))
         return
@@ -573,7 +573,7 @@ def _read_body_text(response: httpx.Response, result: StreamResult, wd: _Watchdo
             result.body_json = None
 
 
-def _read_sse(response: httpx.Response, wd: _Watchdog, col: _Collector, max_line_bytes: int,
+def _read_sse(response: httpx.Response, wd: Watchdog, col: _Collector, max_line_bytes: int,
               max_body_bytes: int) -> None:
     parser = _SSEParser(max_line_bytes, col.keep_line)
     total = 0
@@ -598,7 +598,7 @@ def _read_sse(response: httpx.Response, wd: _Watchdog, col: _Collector, max_line
         _http_problem(wd, col, "read", f"stream broke: {type(exc).__name__}: {exc}")
 
 
-def _http_problem(wd: _Watchdog, col: _Collector, kind: str, text: str) -> None:
+def _http_problem(wd: Watchdog, col: _Collector, kind: str, text: str) -> None:
     """An httpx error is the watchdog's deadline when it fired (it closed the socket)."""
     fired = wd.fired
     if fired is not None:
@@ -612,7 +612,7 @@ def health(uri: str, timeout: float = 5.0) -> dict | None:
 
     `timeout` bounds the whole call, so a worker that trickles bytes cannot stall a readiness poll.
     """
-    wd = _Watchdog(timeout, timeout, timeout)
+    wd = Watchdog(timeout, timeout, timeout)
     try:
         with wd, local_client(timeout) as client:
             req = client.build_request("GET", uri.rstrip("/") + "/health",
@@ -622,7 +622,7 @@ def health(uri: str, timeout: float = 5.0) -> dict | None:
             try:
                 if response.status_code != 200:
                     return None
-                data, truncated = _read_capped(response, BODY_TEXT_LIMIT)
+                data, truncated = read_capped(response, BODY_TEXT_LIMIT)
             finally:
                 response.close()
         if truncated:
