@@ -1018,23 +1018,10 @@ def build_embedded_hub_root(dest: Path, seed: int = 0) -> Path:
     return Path(dest)
 
 
-def _int_arg(low: int, high: int, what: str) -> Any:
-    """argparse type: an integer in [low, high]; anything else is a usage error (exit 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be {low}..{high}, got {value}")
-        return value
-
-    return parse
-
-
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `llorch-harness hub serve`."""
+    from .cli.common import int_in_range as _int_arg  # the one integer-range argument type
+
     parser.add_argument("dir", metavar="DIR", help="hub root: repos live in DIR/ORG/NAME/")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=_int_arg(0, 65535, "port"), default=0,

@@ -115,15 +115,7 @@ def tiny_config(vocab_size: int, eos_id: int) -> dict[str, Any]:
 
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte-to-unicode table, inverted: the char a ByteLevel token uses per byte."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    cs = list(bs)
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+    return {ch: b for b, ch in qwen_vocab.bytes_to_unicode().items()}
 
 
 def fragment_token_ids(tok: Tokenizer) -> list[int]:
@@ -321,7 +313,7 @@ def _token_kind(token: bytes) -> str | None:
 
 def qwen_favoured_ids(vocab: Mapping[str, int]) -> dict[str, list[int]]:
     """The lowest-ranked ids of each QWEN_FAVOURED kind, as many as it names."""
-    table = {ch: b for b, ch in qwen_vocab.bytes_to_unicode().items()}
+    table = _byte_decoder()
     by_kind: dict[str, list[int]] = {kind: [] for kind, _, _ in QWEN_FAVOURED}
     for text, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
         kind = _token_kind(bytes(table[c] for c in text))

@@ -18,21 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from tokenizers import Tokenizer
 
+from llorch_harness.qwen_vocab import bytes_to_unicode
+
 REPLACEMENT = "\ufffd".encode()
-
-
-def _byte_level_table() -> dict[str, int]:
-    """GPT-2's byte-to-unicode map, inverted: the byte each ByteLevel character stands for."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
-        + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
 
 
 def token_bytes(tokenizer: Tokenizer, vocab_size: int) -> list[bytes]:
@@ -41,7 +29,7 @@ def token_bytes(tokenizer: Tokenizer, vocab_size: int) -> list[bytes]:
     Byte-level BPE (Qwen2, GPT-2) maps exactly; SentencePiece-style vocabularies map
     `▁` to a space and `<0xNN>` to its byte. Special tokens contribute nothing.
     """
-    table = _byte_level_table()
+    table = {ch: b for b, ch in bytes_to_unicode().items()}
     byte_level = "ByteLevel" in type(tokenizer.decoder).__name__ or \
         "ByteLevel" in str(tokenizer.decoder)
     special = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
