@@ -113,6 +113,21 @@ def tiny_config(vocab_size: int, eos_id: int) -> dict[str, Any]:
     }
 
 
+def _write_repo(out_dir: Path, files: dict[str, str], weights: dict[str, Any],
+                dtype: str | None = None) -> list[Path]:
+    """The repo's text files and model.safetensors, each written atomically; their paths."""
+    written: list[Path] = []
+    for name, text in files.items():
+        path = out_dir / name
+        atomic_write_text(path, text)
+        written.append(path)
+    st_path = out_dir / "model.safetensors"
+    data = safetensors_bytes(weights) if dtype is None else safetensors_bytes(weights, dtype=dtype)
+    atomic_write_bytes(st_path, data)
+    written.append(st_path)
+    return sorted(written)
+
+
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte-to-unicode table, inverted: the char a ByteLevel token uses per byte."""
     return {ch: b for b, ch in qwen_vocab.bytes_to_unicode().items()}
@@ -399,15 +414,7 @@ def _build_qwen_model(out_dir: Path, seed: int) -> list[Path]:
         "tokenizer.json": tokenizer_text,
         "tokenizer_config.json": qwen_vocab.tokenizer_config_json_text(),
     }
-    written: list[Path] = []
-    for name, text in files.items():
-        path = out_dir / name
-        atomic_write_text(path, text)
-        written.append(path)
-    st_path = out_dir / "model.safetensors"
-    atomic_write_bytes(st_path, safetensors_bytes(weights, dtype="BF16"))
-    written.append(st_path)
-    return sorted(written)
+    return _write_repo(out_dir, files, weights, dtype="BF16")
 
 
 def check_vocab(vocab: object) -> str:
@@ -466,15 +473,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0, vocab: str = VOCAB_CORPUS) ->
             }
         ),
     }
-    written: list[Path] = []
-    for name, text in files.items():
-        path = out_dir / name
-        atomic_write_text(path, text)
-        written.append(path)
-    st_path = out_dir / "model.safetensors"
-    atomic_write_bytes(st_path, safetensors_bytes(weights))
-    written.append(st_path)
-    return sorted(written)
+    return _write_repo(out_dir, files, weights)
 
 
 def export_variant(
