@@ -94,11 +94,6 @@ def judge(row: np.ndarray, token_id: int) -> Step:
     return Step(0, token_id, top1, gap, rank, gap / spread if spread > 0 else 0.0)
 
 
-def _acceptable(row: np.ndarray, token_id: int, delta: float, k: int) -> bool:
-    step = judge(row, token_id)
-    return step.sigma_gap <= delta and step.rank < k
-
-
 class Aligner:
     """Walks the worker's bytes with a reference's logits; `logits(ids)` is one forward pass."""
 
@@ -130,9 +125,11 @@ class Aligner:
     def _candidate(self, row: np.ndarray, rest: bytes, allow_invisible: bool
                    ) -> tuple[int, int] | None:
         """The best acceptable candidate that spells the next bytes (or is invisible)."""
-        order = np.argsort(-row, kind="stable")[: self.k]
+        order = np.argsort(-row, kind="stable")[: self.k]  # each is within rank k
+        best, spread = float(row[order[0]]), float(np.std(row))  # once per row, not per token
         for cand in (int(c) for c in order):
-            if not _acceptable(row, cand, self.delta, self.k):
+            gap = best - float(row[cand])
+            if (gap / spread if spread > 0 else 0.0) > self.delta:
                 break
             n = self._spells(rest, cand)
             if n:
