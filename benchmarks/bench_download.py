@@ -45,12 +45,12 @@ from urllib.parse import urlsplit
 import numpy as np
 from benchstats import stats
 
-from llorch_harness import catalog as cat
-from llorch_harness import download as dl
 from llorch_harness.fsutil import git_blob_sha1_file, sha256_file
-from llorch_harness.hub import LocalHub
-from llorch_harness.paths import PoolPaths
-from llorch_harness.tinymodel import build_tiny_model
+from llorch_harness.lab.hub import LocalHub
+from llorch_harness.lab.tinymodel import build_tiny_model
+from llorch_harness.pool import catalog as cat
+from llorch_harness.pool import download as dl
+from llorch_harness.pool.paths import PoolPaths
 
 REPO = "bench/big-qwen"
 MODEL_ID = "bench-1g"

@@ -107,7 +107,7 @@ def pytest_configure(config: pytest.Config) -> None:
             _emit("cli", start=t0, stop=time.time(), what=label)
 
     subprocess.run = run  # type: ignore[assignment]
-    from llorch_harness import workers
+    from llorch_harness.pool import workers
 
     workers.spawn_worker = _timed(workers.spawn_worker, "spawn",
                                   lambda a, kw: kw.get("worker_id") or "")
@@ -125,7 +125,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if _trace_path():
         extra: dict[str, Any] = {}
         with contextlib.suppress(Exception):
-            from llorch_harness.fixtures import RECORD_KEY
+            from llorch_harness.plugin.fixtures import RECORD_KEY
 
             rec = item.stash.get(RECORD_KEY, None) or {}
             worker = rec.get("worker") or {}
@@ -258,14 +258,14 @@ def run_gate(work: Path, tag: str, n_workers: int, tree: Path = ROOT) -> dict[st
 
 def ref_startup(work: Path, repeats: int) -> dict[str, Any]:
     """Reference worker: spawn -> first log line (unlogged) and -> "Server listening"."""
-    from llorch_harness.procs import free_port
-    from llorch_harness.tinymodel import build_tiny_model
+    from llorch_harness.lab.tinymodel import build_tiny_model
+    from llorch_harness.pool.procs import free_port
 
     model = work / "tiny-qwen"
     build_tiny_model(model)
     first, listening = [], []
     for i in range(repeats):
-        argv = [sys.executable, "-m", "llorch_harness.refworker", "--worker-id", f"bench-{i}",
+        argv = [sys.executable, "-m", "llorch_harness.lab.refworker", "--worker-id", f"bench-{i}",
                 "--model", str(model), "--port", str(free_port()),
                 "--callback-url", "http://localhost:9999/ready"]
         t0 = time.perf_counter()

@@ -31,13 +31,13 @@ sys.path.insert(0, str(HERE))
 
 from bench_refworker import build_qwen05_shape  # noqa: E402
 
-from llorch_harness.agreement import ReferenceRunner  # noqa: E402
-from llorch_harness.inference_checks import GATE_MAX_TOKENS, GATE_PROMPTS  # noqa: E402
-from llorch_harness.reference import NumpyReference, TransformersReference  # noqa: E402
-from llorch_harness.tinymodel import build_tiny_model  # noqa: E402
-from llorch_harness.tokenalign import judge  # noqa: E402
-from llorch_harness.workerclient import StreamResult  # noqa: E402
-from llorch_harness.workerlog import GenerationFacts  # noqa: E402
+from llorch_harness.checks.agreement import ReferenceRunner  # noqa: E402
+from llorch_harness.checks.inference_checks import GATE_MAX_TOKENS, GATE_PROMPTS  # noqa: E402
+from llorch_harness.checks.reference import NumpyReference, TransformersReference  # noqa: E402
+from llorch_harness.checks.tokenalign import judge  # noqa: E402
+from llorch_harness.checks.workerclient import StreamResult  # noqa: E402
+from llorch_harness.checks.workerlog import GenerationFacts  # noqa: E402
+from llorch_harness.lab.tinymodel import build_tiny_model  # noqa: E402
 
 LONG = ("Write a short story about a lighthouse keeper who finds a message in a bottle. "
         "The keeper lives alone on a rocky island, far from the mainland, and the bottle "

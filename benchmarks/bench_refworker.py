@@ -24,8 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from llorch_harness.fsutil import atomic_write_bytes, atomic_write_text
-from llorch_harness.refworker.engine import Engine, GenerationParams
-from llorch_harness.tinymodel import _json_text, build_tiny_model, corpus_text, safetensors_bytes
+from llorch_harness.lab.refworker.engine import Engine, GenerationParams
+from llorch_harness.lab.tinymodel import (
+    _json_text,
+    build_tiny_model,
+    corpus_text,
+    safetensors_bytes,
+)
 
 QWEN05_SHAPE = {
     "hidden_size": 896,

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchstats import stats
 
-from llorch_harness.refworker.engine import Engine
-from llorch_harness.tinymodel import build_tiny_model
+from llorch_harness.lab.refworker.engine import Engine
+from llorch_harness.lab.tinymodel import build_tiny_model
 
 
 def _timed(fn) -> tuple[float, object]:  # type: ignore[no-untyped-def]

@@ -27,11 +27,11 @@ from pathlib import Path
 import psutil
 from benchstats import pct
 
-from llorch_harness import procs
-from llorch_harness.backends import device_info
-from llorch_harness.catalog import ModelEntry, update_catalog
-from llorch_harness.paths import PoolPaths
-from llorch_harness.workers import WorkerStartError, spawn_worker, stop_all
+from llorch_harness.pool import procs
+from llorch_harness.pool.backends import device_info
+from llorch_harness.pool.catalog import ModelEntry, update_catalog
+from llorch_harness.pool.paths import PoolPaths
+from llorch_harness.pool.workers import WorkerStartError, spawn_worker, stop_all
 
 HERE = Path(__file__).resolve().parent
 FAKEWORKER = HERE.parent / "tests" / "fakeworker.py"
@@ -172,8 +172,8 @@ def main() -> int:
                 "plus the kill",
             ]
             if all(importlib.util.find_spec(m) for m in (
-                    "llorch_harness.refworker.__main__", "llorch_harness.tinymodel")):
-                from llorch_harness.tinymodel import build_tiny_model
+                    "llorch_harness.lab.refworker.__main__", "llorch_harness.lab.tinymodel")):
+                from llorch_harness.lab.tinymodel import build_tiny_model
 
                 build_tiny_model(paths.models_dir / "tiny-qwen")
                 entry = ModelEntry(id="tiny-qwen", name="Tiny Qwen2",

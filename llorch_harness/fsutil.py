@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import HarnessError
+from llorch_harness.errors import HarnessError
 
 _CHUNK = 4 * 1024 * 1024
 

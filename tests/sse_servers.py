@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from llorch_harness.workerclient import is_uuid_shaped
+from llorch_harness.checks.workerclient import is_uuid_shaped
 
 Behaviour = Callable[["Handler"], None]
 BROADCAST_MESSAGE = "cannot broadcast [5, 5] to [1, 14, 5, 10]"  # candle's text (other builds)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from llorch_harness import catalog as cat
 from llorch_harness.errors import HarnessError
-from llorch_harness.paths import PoolPaths
+from llorch_harness.pool import catalog as cat
+from llorch_harness.pool.paths import PoolPaths
 
 LLORCH_POOL = Path(sys.executable).parent / "llorch-pool"
 TIMEOUT = 120  # anti-hang only
@@ -168,8 +168,8 @@ def test_concurrent_registrations_lose_nothing(pool: PoolPaths) -> None:
     """8 processes x 20 read-modify-writes each: every id must be there at the end."""
     script = (
         "import sys\n"
-        "from llorch_harness.catalog import register_model\n"
-        "from llorch_harness.paths import PoolPaths\n"
+        "from llorch_harness.pool.catalog import register_model\n"
+        "from llorch_harness.pool.paths import PoolPaths\n"
         "p = PoolPaths.at(sys.argv[1]); w = sys.argv[2]\n"
         "for i in range(20):\n"
         "    register_model(p, f'w{w}-m{i}', name='n', repo='org/name', architecture='a')\n"

@@ -23,18 +23,18 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from llorch_harness import download as dl
 from llorch_harness.errors import HarnessError
-from llorch_harness.hfcli import (
+from llorch_harness.lab.hub import LocalHub, build_embedded_hub_root
+from llorch_harness.lab.tinymodel import TINY_QWEN_REPO
+from llorch_harness.pool import download as dl
+from llorch_harness.pool.hfcli import (
     DEFAULT_PATTERNS,
     check_hf_cli,
     find_hf_cli,
     hf_download_command,
 )
-from llorch_harness.hub import LocalHub, build_embedded_hub_root
-from llorch_harness.paths import PoolPaths
-from llorch_harness.progress import BarProgress, PlainProgress, progress_class
-from llorch_harness.tinymodel import TINY_QWEN_REPO
+from llorch_harness.pool.paths import PoolPaths
+from llorch_harness.pool.progress import BarProgress, PlainProgress, progress_class
 
 LLORCH_POOL = Path(sys.executable).parent / "llorch-pool"
 MODEL = "tiny-qwen"

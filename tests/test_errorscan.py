@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llorch_harness.errorscan import (
+from llorch_harness.checks.errorscan import (
     PATTERNS,
     PATTERNS_VERSION,
     diagnose_text,
@@ -15,7 +15,7 @@ from llorch_harness.errorscan import (
     scan_stream,
     scan_text,
 )
-from llorch_harness.workerclient import ExecuteRequest, execute
+from llorch_harness.checks.workerclient import ExecuteRequest, execute
 from tests.sse_servers import BROADCAST_MESSAGE, StubWorker, sse_server
 
 

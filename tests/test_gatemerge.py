@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 
-from llorch_harness import __version__, gate, gatemerge
+from llorch_harness import __version__
+from llorch_harness.gate import checklist as gate
+from llorch_harness.gate import merge as gatemerge
 
 HANG_GUARD_S = 120
 REPO = Path(__file__).resolve().parents[1]

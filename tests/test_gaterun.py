@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from llorch_harness import gate
+from llorch_harness.gate import checklist as gate
 from tests.sshd import BAD_KEY_ALIAS, SshdServer, make_sshd_fixture
 from tests.test_gatemerge import harness_argv
 
@@ -238,7 +238,7 @@ WRAPPER = '''#!{python}
 it takes {flag} N itself, logs this binary's start-up lines and runs its warm-up."""
 import os, sys
 os.environ["LLORCH_REF_BACKEND"] = "{backend}"
-os.execv({python!r}, [{python!r}, "-m", "llorch_harness.refworker", *sys.argv[1:]])
+os.execv({python!r}, [{python!r}, "-m", "llorch_harness.lab.refworker", *sys.argv[1:]])
 '''
 
 

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from llorch_harness.errors import HarnessError
-from llorch_harness.golden import (
+from llorch_harness.checks.golden import (
     Golden,
     GoldenPrompt,
     compare_tokens,
@@ -18,6 +17,7 @@ from llorch_harness.golden import (
     load_golden,
     save_golden,
 )
+from llorch_harness.errors import HarnessError
 
 
 def _golden(backend: str, toks: list[str], model: str = "tiny-qwen") -> Golden:

@@ -30,8 +30,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 
-from llorch_harness import hub as hubmod
-from llorch_harness.hub import LocalHub
+from llorch_harness.lab import hub as hubmod
+from llorch_harness.lab.hub import LocalHub
 
 REPO = "llorch-test/fake"
 SECRET = b"TOP-SECRET-outside-root-7f3a"
@@ -399,7 +399,7 @@ def test_not_found_and_stall(hub: LocalHub, tmp_path: Path, hf_env: Path) -> Non
 
 
 def test_serve_main_subprocess(hub_root: Path, tmp_path: Path) -> None:
-    code = "import sys; from llorch_harness.hub import serve_main; sys.exit(serve_main())"
+    code = "import sys; from llorch_harness.lab.hub import serve_main; sys.exit(serve_main())"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(hub_root), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -438,13 +438,13 @@ def test_build_embedded_hub_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         (out_dir / "config.json").write_text("{}")
         return [out_dir / "config.json"]
 
-    fake = types.ModuleType("llorch_harness.tinymodel")
+    fake = types.ModuleType("llorch_harness.lab.tinymodel")
     fake.TINY_QWEN_REPO = "llorch-test/tiny-qwen"  # type: ignore[attr-defined]
     fake.build_tiny_model = fake_build  # type: ignore[attr-defined]
-    import llorch_harness
+    import llorch_harness.lab
 
-    monkeypatch.setitem(sys.modules, "llorch_harness.tinymodel", fake)
-    monkeypatch.setattr(llorch_harness, "tinymodel", fake, raising=False)
+    monkeypatch.setitem(sys.modules, "llorch_harness.lab.tinymodel", fake)
+    monkeypatch.setattr(llorch_harness.lab, "tinymodel", fake, raising=False)
     root = hubmod.build_embedded_hub_root(tmp_path / "hubroot", seed=3)
     assert root == tmp_path / "hubroot"
     assert calls == [(root / "llorch-test" / "tiny-qwen", 3)]

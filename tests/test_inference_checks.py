@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from llorch_harness.golden import Golden, GoldenPrompt, load_golden, save_golden
-from llorch_harness.inference_checks import (
+from llorch_harness.checks.golden import Golden, GoldenPrompt, load_golden, save_golden
+from llorch_harness.checks.inference_checks import (
     GATE_MAX_TOKENS,
     GATE_PROMPTS,
     check_answer,
@@ -35,8 +35,8 @@ from llorch_harness.inference_checks import (
     run_prompts,
     run_request,
 )
-from llorch_harness.workerclient import StreamResult, health
-from llorch_harness.workerlog import GenerationFacts
+from llorch_harness.checks.workerclient import StreamResult, health
+from llorch_harness.checks.workerlog import GenerationFacts
 from tests.sse_servers import (
     BROADCAST_MESSAGE,
     QWEN_FAILURE_MESSAGE,
@@ -420,7 +420,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tinymodel = pytest.importorskip("llorch_harness.tinymodel")
+    tinymodel = pytest.importorskip("llorch_harness.lab.tinymodel")
     out = tmp_path_factory.mktemp("tiny") / "tiny-qwen"
     tinymodel.build_tiny_model(out)
     return out
@@ -430,7 +430,7 @@ class RefWorker:
     """The reference worker as a real process, in its own session, always stopped."""
 
     def __init__(self, model: Path, log: Path, faults: str = "", backend: str = "cpu") -> None:
-        pytest.importorskip("llorch_harness.refworker.server",
+        pytest.importorskip("llorch_harness.lab.refworker.server",
                             reason="reference worker not present in this checkout")
         self.port = _free_port()
         self.uri = f"http://localhost:{self.port}"
@@ -443,7 +443,7 @@ class RefWorker:
             env["LLORCH_REF_FAULTS"] = faults
         self._fh = open(log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llorch_harness.refworker", "--worker-id", "w-test",
+            [sys.executable, "-m", "llorch_harness.lab.refworker", "--worker-id", "w-test",
              "--model", str(model), "--port", str(self.port),
              "--callback-url", "http://localhost:9999/x"],
             stdout=self._fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -603,8 +603,8 @@ def test_reference_worker_decode_positions_fool_self_checks_not_goldens(refworke
 
 @pytest.fixture(scope="module")
 def numpy_runner(tiny_model: Path):
-    from llorch_harness.agreement import ReferenceRunner
-    from llorch_harness.reference import load_reference
+    from llorch_harness.checks.agreement import ReferenceRunner
+    from llorch_harness.checks.reference import load_reference
 
     return ReferenceRunner(load_reference(tiny_model, "numpy"))
 

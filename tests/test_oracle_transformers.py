@@ -19,8 +19,8 @@ _REASON = "oracle needs the 'oracle' extra: pip install -e .[oracle]"
 torch = pytest.importorskip("torch", reason=_REASON)
 transformers = pytest.importorskip("transformers", reason=_REASON)
 
-from llorch_harness.refworker.engine import Engine, GenerationParams  # noqa: E402
-from llorch_harness.tinymodel import build_tiny_model, corpus_text, export_variant  # noqa: E402
+from llorch_harness.lab.refworker.engine import Engine, GenerationParams  # noqa: E402
+from llorch_harness.lab.tinymodel import build_tiny_model, corpus_text, export_variant  # noqa: E402
 
 SHORT = "Hello, how are you?"
 

@@ -6,7 +6,8 @@ import stat
 
 import pytest
 
-from llorch_harness import gate, labs
+from llorch_harness.gate import checklist as gate
+from llorch_harness.plugin import labs
 
 pytest_plugins = ["pytester"]
 

@@ -14,9 +14,9 @@ import httpx
 import psutil
 import pytest
 
-from llorch_harness import backends, procs
 from llorch_harness.errors import HarnessError
-from llorch_harness.readiness import CallbackServer
+from llorch_harness.pool import backends, procs
+from llorch_harness.pool.readiness import CallbackServer
 
 
 @pytest.fixture

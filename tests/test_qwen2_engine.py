@@ -14,7 +14,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from llorch_harness.errors import HarnessError
-from llorch_harness.refworker.engine import (
+from llorch_harness.lab.refworker.engine import (
     QWEN_EOS_TOKEN_ID,
     BroadcastError,
     ContextOverflowError,
@@ -23,21 +23,21 @@ from llorch_harness.refworker.engine import (
     ModelLoadError,
     _Detokenizer,
 )
-from llorch_harness.refworker.faults import parse_faults
-from llorch_harness.refworker.inference import (
+from llorch_harness.lab.refworker.faults import parse_faults
+from llorch_harness.lab.refworker.inference import (
     FORWARD_FAILED,
     CandledBackend,
     InferenceFailed,
     SamplingConfig,
 )
-from llorch_harness.refworker.logs import JsonLogger
-from llorch_harness.refworker.qwen2 import CandleError, bf16_bits_to_f32
-from llorch_harness.refworker.sampling import (
+from llorch_harness.lab.refworker.logs import JsonLogger
+from llorch_harness.lab.refworker.qwen2 import CandleError, bf16_bits_to_f32
+from llorch_harness.lab.refworker.sampling import (
     apply_repetition_penalty,
     make_rng,
     select_token,
 )
-from llorch_harness.tinymodel import build_tiny_model, export_variant
+from llorch_harness.lab.tinymodel import build_tiny_model, export_variant
 
 PROMPT = "Hello, how are you?"
 GREEDY = GenerationParams(max_tokens=32, temperature=0.0)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from llorch_harness import qwen_vocab as qv
 from llorch_harness.errors import HarnessError
+from llorch_harness.lab import qwen_vocab as qv
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llorch_harness.agreement import ReferenceRunner, first_difference, side_by_side
-from llorch_harness.errors import HarnessError
-from llorch_harness.inference_checks import check_golden, check_reference
-from llorch_harness.reference import (
+from llorch_harness.checks.agreement import ReferenceRunner, first_difference, side_by_side
+from llorch_harness.checks.inference_checks import check_golden, check_reference
+from llorch_harness.checks.reference import (
     NumpyReference,
     ReferenceIdentity,
     load_reference,
     pick_implementation,
     worker_eos_id,
 )
-from llorch_harness.tokenalign import token_bytes
-from llorch_harness.workerclient import StreamResult
-from llorch_harness.workerlog import GenerationFacts
+from llorch_harness.checks.tokenalign import token_bytes
+from llorch_harness.checks.workerclient import StreamResult
+from llorch_harness.checks.workerlog import GenerationFacts
+from llorch_harness.errors import HarnessError
 from tests.sse_servers import good_events, pieces_of
 
 PROMPT = "Hello, how are you?"
@@ -29,7 +29,7 @@ PROMPT = "Hello, how are you?"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from llorch_harness.tinymodel import build_tiny_model
+    from llorch_harness.lab.tinymodel import build_tiny_model
 
     out = tmp_path_factory.mktemp("ref") / "tiny-qwen"
     build_tiny_model(out)
@@ -204,7 +204,7 @@ def test_golden_refuses_to_record_disagreeing_output(tmp_path: Path) -> None:
 
 def test_pick_implementation_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pick_implementation("off", "qwen2") is None
-    monkeypatch.setattr("llorch_harness.reference.transformers_available", lambda: False)
+    monkeypatch.setattr("llorch_harness.checks.reference.transformers_available", lambda: False)
     assert pick_implementation("auto", "qwen2") == "numpy"
     with pytest.raises(HarnessError, match="no reference implementation"):
         pick_implementation("auto", "phi3")
@@ -212,7 +212,7 @@ def test_pick_implementation_rules(monkeypatch: pytest.MonkeyPatch) -> None:
         pick_implementation("transformers", "qwen2")
     with pytest.raises(HarnessError, match="unknown reference"):
         pick_implementation("maybe", "qwen2")
-    monkeypatch.setattr("llorch_harness.reference.transformers_available", lambda: True)
+    monkeypatch.setattr("llorch_harness.checks.reference.transformers_available", lambda: True)
     assert pick_implementation("auto", "phi3") == "transformers"
 
 

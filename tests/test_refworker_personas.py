@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llorch_harness.refworker.inference import FORWARD_FAILED
+from llorch_harness.lab.refworker.inference import FORWARD_FAILED
 
 from .test_refworker_server import (
     CallbackRecorder,

@@ -27,8 +27,8 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from llorch_harness.refworker.inference import FORWARD_FAILED
-from llorch_harness.tinymodel import build_tiny_model
+from llorch_harness.lab.refworker.inference import FORWARD_FAILED
+from llorch_harness.lab.tinymodel import build_tiny_model
 
 from .test_refworker_validation import INVALID, REJECTED
 
@@ -179,7 +179,7 @@ class Spawner:
         name = f"w{len(self.workers)}-{uuid.uuid4().hex[:6]}"
         out_path, err_path = self.base / f"{name}.out", self.base / f"{name}.err"
         prog = [str(CONSOLE_SCRIPT)] if console_script else [sys.executable, "-m",
-                                                              "llorch_harness.refworker"]
+                                                              "llorch_harness.lab.refworker"]
         if argv is None:
             argv = ["--worker-id", name, "--model", str(model or self.model), "--port", str(port),
                     "--callback-url", callback_url, *(extra or [])]
@@ -439,7 +439,7 @@ def eos_model(tiny_model: Path, base: Path, prompt: str, step: int,
     entry renamed, the merges that build or use it dropped, so nothing else changes);
     `where="config"` sets config.json's and generation_config.json's `eos_token_id`.
     Returns the directory and the greedy ids."""
-    from llorch_harness.refworker.engine import Engine, GenerationParams
+    from llorch_harness.lab.refworker.engine import Engine, GenerationParams
 
     d = shutil.copytree(tiny_model, base / f"tiny-eos-{where}")
     ids = Engine.load(d).generate(prompt, GenerationParams(max_tokens=12, temperature=0.0))

@@ -9,8 +9,8 @@ import sys
 import pytest
 from tokenizers import Tokenizer
 
-from llorch_harness.refworker.token_stream import TokenOutputStream, is_alphanumeric
-from llorch_harness.tinymodel import build_tiny_model
+from llorch_harness.lab.refworker.token_stream import TokenOutputStream, is_alphanumeric
+from llorch_harness.lab.tinymodel import build_tiny_model
 
 
 @pytest.fixture(scope="module")

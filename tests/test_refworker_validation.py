@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from llorch_harness.refworker.__main__ import CliExit, parse_args
-from llorch_harness.refworker.faults import Faults, FaultSpecError, parse_faults
-from llorch_harness.refworker.jsonbody import (
+from llorch_harness.lab.refworker.__main__ import CliExit, parse_args
+from llorch_harness.lab.refworker.faults import Faults, FaultSpecError, parse_faults
+from llorch_harness.lab.refworker.jsonbody import (
     JSON_CONTENT_TYPE_MESSAGE,
     JsonRejection,
     RawExecuteRequest,
@@ -20,13 +20,13 @@ from llorch_harness.refworker.jsonbody import (
     is_json_content_type,
     rust_float_display,
 )
-from llorch_harness.refworker.persona import (
+from llorch_harness.lab.refworker.persona import (
     PERSONAS,
     SettingError,
     persona_from_env,
     wire_from_env,
 )
-from llorch_harness.refworker.validation import U64_MAX, errors_body, validate_all
+from llorch_harness.lab.refworker.validation import U64_MAX, errors_body, validate_all
 
 BASE: dict[str, Any] = {"job_id": "job-1", "prompt": "Hello", "max_tokens": 8}
 DATA = "Failed to deserialize the JSON body into the target type: "

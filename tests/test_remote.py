@@ -20,8 +20,8 @@ import psutil
 import pytest
 
 from llorch_harness.errors import HarnessError
-from llorch_harness.pools import load_pools_file, parse_destination
-from llorch_harness.remote import RemotePool, SshConnectionError, run_on_pools
+from llorch_harness.remote.poolsfile import load_pools_file, parse_destination
+from llorch_harness.remote.ssh import RemotePool, SshConnectionError, run_on_pools
 from tests.sshd import BAD_KEY_ALIAS, UNKNOWN_KEY_ALIAS, SshdServer, free_port, make_sshd_fixture
 
 sshd = make_sshd_fixture()
@@ -515,8 +515,8 @@ def test_run_on_pools_library_keeps_pool_order(tmp_path: Path, sshd: SshdServer)
 
 @pytest.fixture(scope="module")
 def hub_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    hub = pytest.importorskip("llorch_harness.hub", reason="llorch_harness.hub not available")
-    pytest.importorskip("llorch_harness.download", reason="llorch_harness.download not available")
+    hub = pytest.importorskip("llorch_harness.lab.hub", reason="the local hub is not importable")
+    pytest.importorskip("llorch_harness.pool.download", reason="downloads are not importable")
     root = hub.build_embedded_hub_root(tmp_path_factory.mktemp("hubroot"))
     with hub.LocalHub(root) as h:
         yield h.url

@@ -6,13 +6,13 @@ import copy
 
 import pytest
 
-from llorch_harness.streamcheck import (
+from llorch_harness.checks.streamcheck import (
     check_stream,
     is_success,
     normalise_stop_reason,
     stop_reason_spelling,
 )
-from llorch_harness.workerclient import ExecuteRequest, StreamResult, execute
+from llorch_harness.checks.workerclient import ExecuteRequest, StreamResult, execute
 from tests.sse_servers import good_events, sse_server
 
 CID = "0f8e7c52-6d4b-4e8a-9a51-3c2b1d0e9f7a"

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from llorch_harness import qwen_vocab
+from llorch_harness.checks.inference_checks import GATE_PROMPTS
 from llorch_harness.errors import HarnessError
-from llorch_harness.inference_checks import GATE_PROMPTS
-from llorch_harness.refworker.engine import Engine, GenerationParams
-from llorch_harness.refworker.qwen2 import REQUIRED_CONFIG_KEYS, read_safetensors
-from llorch_harness.tinymodel import (
+from llorch_harness.lab import qwen_vocab
+from llorch_harness.lab.refworker.engine import Engine, GenerationParams
+from llorch_harness.lab.refworker.qwen2 import REQUIRED_CONFIG_KEYS, read_safetensors
+from llorch_harness.lab.tinymodel import (
     EMBEDDED_VOCAB,
     SPECIAL_TOKENS,
     TINY_QWEN_REPO,
@@ -59,7 +59,7 @@ def test_same_seed_is_byte_identical_even_in_another_process(tiny: Path, tmp_pat
     build_tiny_model(tmp_path / "again", seed=0)
     assert _contents(tmp_path / "again") == _contents(tiny)
     # Rust HashMaps (tokenizers, safetensors) are seeded per process: check a fresh one too.
-    code = "import sys; from pathlib import Path; from llorch_harness.tinymodel import "
+    code = "import sys; from pathlib import Path; from llorch_harness.lab.tinymodel import "
     code += "build_tiny_model; build_tiny_model(Path(sys.argv[1]), seed=0)"
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "proc")], check=True, timeout=120)
     assert _contents(tmp_path / "proc") == _contents(tiny)
@@ -219,7 +219,7 @@ def test_qwen_same_seed_is_byte_identical_even_in_another_process(
 ) -> None:
     build_tiny_model(tmp_path / "again", seed=0, vocab="qwen2.5")
     assert _contents(tmp_path / "again") == _contents(qwen_tiny)
-    code = "import sys; from pathlib import Path; from llorch_harness.tinymodel import "
+    code = "import sys; from pathlib import Path; from llorch_harness.lab.tinymodel import "
     code += "build_tiny_model; build_tiny_model(Path(sys.argv[1]), seed=0, vocab='qwen2.5')"
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "proc")], check=True, timeout=300)
     assert _contents(tmp_path / "proc") == _contents(qwen_tiny)

@@ -9,7 +9,7 @@ import tracemalloc
 
 import pytest
 
-from llorch_harness.workerclient import (
+from llorch_harness.checks.workerclient import (
     DEADLINE_BASE_S,
     DEADLINE_PER_TOKEN_S,
     MAX_RAW_LINES,
@@ -20,7 +20,7 @@ from llorch_harness.workerclient import (
     health,
     is_uuid_shaped,
 )
-from llorch_harness.workerlog import GenerationFacts
+from llorch_harness.checks.workerlog import GenerationFacts
 from tests.sse_servers import BROADCAST_MESSAGE, SSEServer, StubWorker, sse_server
 
 HANG_BOUND_S = 10.0  # generous: the deadlines under test are 1 s

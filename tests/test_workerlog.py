@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llorch_harness.workerlog import facts_for, generation_facts, log_size, parse_line, read_lines
+from llorch_harness.checks.workerlog import (
+    facts_for,
+    generation_facts,
+    log_size,
+    parse_line,
+    read_lines,
+)
 
 
 def _tracing(level: str, message: str, **fields: object) -> str:

@@ -25,9 +25,9 @@ import httpx
 import psutil
 import pytest
 
-from llorch_harness import procs, workers
-from llorch_harness.catalog import ModelEntry, update_catalog
-from llorch_harness.paths import PoolPaths
+from llorch_harness.pool import procs, workers
+from llorch_harness.pool.catalog import ModelEntry, update_catalog
+from llorch_harness.pool.paths import PoolPaths
 
 FAKEWORKER = Path(__file__).with_name("fakeworker.py")
 LLORCH_POOL = Path(sys.executable).parent / "llorch-pool"
@@ -437,8 +437,8 @@ def test_session_marker_is_passed_through(pool, bin_dir) -> None:
 
 _DIE_WITH_PARENT = """
 import sys, time
-from llorch_harness.paths import PoolPaths
-from llorch_harness.workers import spawn_worker
+from llorch_harness.pool.paths import PoolPaths
+from llorch_harness.pool.workers import spawn_worker
 h = spawn_worker(PoolPaths.at(sys.argv[1]), "cpu", "fake", port=0, bin_dir=sys.argv[2],
                  die_with_parent=True, ready_timeout=30)
 print(h.pid, flush=True)
@@ -469,15 +469,15 @@ def test_die_with_parent_worker_dies_when_its_owner_is_killed(pool, bin_dir) -> 
 
 def _refworker_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in (
-        "llorch_harness.refworker.__main__", "llorch_harness.refworker.engine",
-        "llorch_harness.tinymodel"))
+        "llorch_harness.lab.refworker.__main__", "llorch_harness.lab.refworker.engine",
+        "llorch_harness.lab.tinymodel"))
 
 
 @pytest.mark.skipif(not _refworker_available(),
                     reason="reference worker (refworker/__main__.py, engine.py, tinymodel) "
                            "not in this tree yet")
 def test_reference_worker_spawn_execute_list_stop(pool) -> None:
-    from llorch_harness.tinymodel import build_tiny_model
+    from llorch_harness.lab.tinymodel import build_tiny_model
 
     build_tiny_model(pool.models_dir / "tiny-qwen")
     entry = ModelEntry(id="tiny-qwen", name="Tiny Qwen2", path=".test-models/tiny-qwen",
@@ -485,7 +485,7 @@ def test_reference_worker_spawn_execute_list_stop(pool) -> None:
     update_catalog(pool, lambda c: c.upsert(entry))
     with workers.spawn_worker(pool, "cpu", "tiny-qwen", worker="reference", port=0,
                               ready_timeout=120) as h:
-        assert h.command[:3] == [sys.executable, "-m", "llorch_harness.refworker"]
+        assert h.command[:3] == [sys.executable, "-m", "llorch_harness.lab.refworker"]
         assert h.binary_path.name == "__main__.py" and len(h.binary_sha256) == 64
         with httpx.Client(trust_env=False, timeout=60) as c:
             assert c.get(f"{h.uri}/health").json()["status"] == "healthy"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from gatehelpers import expect, pool_level
 
-from llorch_harness.labs import redact
+from llorch_harness.plugin.labs import redact
 
 SECTION = "Code Quality"
 CARGO_TIMEOUT_S = 1800.0

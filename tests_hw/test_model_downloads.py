@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from gatehelpers import backend_param, expect, llorch_pool, pool_level, run_command
 
-from llorch_harness import catalog as cat
-from llorch_harness.download import verify_model
 from llorch_harness.fsutil import sha256_file
-from llorch_harness.hfcli import check_hf_cli, hf_download_command
-from llorch_harness.paths import PoolPaths
+from llorch_harness.pool import catalog as cat
+from llorch_harness.pool.download import verify_model
+from llorch_harness.pool.hfcli import check_hf_cli, hf_download_command
+from llorch_harness.pool.paths import PoolPaths
 
 SECTION = "Model Downloads"
 REAL_QWEN_SIZE_GB = (0.8, 1.3)  # Qwen2.5-0.5B-Instruct safetensors: about 1 GB

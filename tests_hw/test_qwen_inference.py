@@ -5,7 +5,7 @@ first or second request of a worker's life, or silently as different tokens for 
 greedy request; so these checks repeat, interleave prompt lengths, restart, scan logs and
 streams, and compare against golden files.
 
-The checks themselves live in `llorch_harness.inference_checks` (plain, unit-tested
+The checks themselves live in `llorch_harness.checks.inference_checks` (plain, unit-tested
 functions); these tests only pick the worker, keep every stream of a backend for (e) and
 (f), record what the report shows and turn an outcome into a gate verdict.
 """
@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from gatehelpers import backend_param, expect
 
-from llorch_harness import inference_checks as ic
-from llorch_harness.fixtures import note_log, worker_facts
-from llorch_harness.workerclient import StreamResult
+from llorch_harness.checks import inference_checks as ic
+from llorch_harness.checks.workerclient import StreamResult
+from llorch_harness.plugin.fixtures import note_log, worker_facts
 
 SECTION = "Qwen Testing"
 GOLDEN_DIR = Path(__file__).parent / "golden"

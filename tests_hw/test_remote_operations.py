@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from gatehelpers import LLORCH_MODULE, expect, pool_level, run_module
 
-from llorch_harness.fixtures import LAB_KEY
+from llorch_harness.plugin.fixtures import LAB_KEY
 
 SECTION = "Remote Operations"
 pytestmark = pytest.mark.remote
@@ -22,7 +22,7 @@ def _hosts(config) -> list[str]:
     if lab.settings.pool_hosts:
         return list(lab.settings.pool_hosts)
     try:
-        from llorch_harness.pools import load_pools
+        from llorch_harness.remote.poolsfile import load_pools
 
         return sorted(load_pools(None, lab.pool_root).pools)
     except Exception:  # an unreadable pools file is the remote commands' to report
@@ -43,7 +43,7 @@ def _llorch(*args: str):
 
 def _remote_backend(pool_host: str) -> str:
     try:
-        from llorch_harness.pools import load_pools, resolve_pool
+        from llorch_harness.remote.poolsfile import load_pools, resolve_pool
 
         cfg = resolve_pool(pool_host, load_pools())
         return cfg.backends[0] if cfg.backends else "cpu"

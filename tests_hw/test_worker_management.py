@@ -10,8 +10,8 @@ import psutil
 import pytest
 from gatehelpers import expect, llorch_pool, pool_level
 
-from llorch_harness import procs, workers
-from llorch_harness.fixtures import note_log, wait_gone
+from llorch_harness.plugin.fixtures import note_log, wait_gone
+from llorch_harness.pool import procs, workers
 
 SECTION = "Worker Management"
 

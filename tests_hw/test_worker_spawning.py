@@ -12,9 +12,9 @@ import psutil
 import pytest
 from gatehelpers import expect, llorch_pool, pool_level, spawn_args
 
-from llorch_harness import workers
-from llorch_harness.fixtures import note_log, xdist_worker_name
-from llorch_harness.workerclient import health
+from llorch_harness.checks.workerclient import health
+from llorch_harness.plugin.fixtures import note_log, xdist_worker_name
+from llorch_harness.pool import workers
 
 SECTION = "Worker Spawning"
 

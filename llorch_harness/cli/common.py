@@ -8,9 +8,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from ..errors import HarnessError
-from ..paths import PoolPaths
-from ..redaction import redact
+from llorch_harness.errors import HarnessError
+from llorch_harness.pool.paths import PoolPaths
+from llorch_harness.redaction import redact
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -10,9 +10,10 @@ import argparse
 import math
 from pathlib import Path
 
-from .. import gatemerge, gaterun
-from ..errors import HarnessError
-from .common import require_subcommand
+from llorch_harness.cli.common import require_subcommand
+from llorch_harness.errors import HarnessError
+from llorch_harness.gate import merge as gatemerge
+from llorch_harness.gate import run as gaterun
 
 
 def _hours(text: str) -> float:
@@ -142,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m llorch_harness.cli.gate_cmd gate ...`: the same commands, standalone."""
-    from .common import run_parsed
+    from llorch_harness.cli.common import run_parsed
 
     parser = argparse.ArgumentParser(prog="llorch-harness", description=__doc__)
     register(parser.add_subparsers(dest="command", metavar="COMMAND"))

@@ -6,16 +6,16 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import __version__
-from . import gate_cmd
-from .common import int_in_range, no_abbreviations, require_subcommand, run_parsed
+from llorch_harness import __version__
+from llorch_harness.cli import gate_cmd
+from llorch_harness.cli.common import int_in_range, no_abbreviations, require_subcommand, run_parsed
 
 MAX_SEED = 2**32 - 1  # tinymodel.MAX_SEED; not imported here, numpy loads slowly
 VOCABS = ("qwen2.5", "corpus")  # tinymodel.VOCABS; the first is the default
 
 
 def cmd_tiny_model_build(args: argparse.Namespace) -> int:
-    from ..tinymodel import build_tiny_model
+    from llorch_harness.lab.tinymodel import build_tiny_model
 
     files = build_tiny_model(Path(args.dir), seed=args.seed, vocab=args.vocab)
     for f in files:
@@ -24,7 +24,7 @@ def cmd_tiny_model_build(args: argparse.Namespace) -> int:
 
 
 def cmd_hub_serve(args: argparse.Namespace) -> int:
-    from ..hub import run_serve
+    from llorch_harness.lab.hub import run_serve
 
     return run_serve(args)
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     hub.set_defaults(func=require_subcommand(hub))
     hsub = hub.add_subparsers(dest="hub_command", metavar="ACTION")
     s = hsub.add_parser("serve", help="serve DIR/ORG/NAME repos over HTTP")
-    from ..hub import add_serve_arguments
+    from llorch_harness.lab.hub import add_serve_arguments
 
     add_serve_arguments(s)
     s.set_defaults(func=cmd_hub_serve)

@@ -14,13 +14,19 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .. import __version__
-from ..errors import HarnessError
-from ..paths import validate_model_id, validate_repo_id, validate_worker_id
-from ..pools import VALID_BACKENDS, PoolConfig, PoolsFile, load_pools, resolve_pool
-from ..redaction import redact
-from ..remote import PoolOutcome, RemotePool, run_on_pools
-from .common import no_abbreviations, run_handler
+from llorch_harness import __version__
+from llorch_harness.cli.common import no_abbreviations, run_handler
+from llorch_harness.errors import HarnessError
+from llorch_harness.pool.paths import validate_model_id, validate_repo_id, validate_worker_id
+from llorch_harness.redaction import redact
+from llorch_harness.remote.poolsfile import (
+    VALID_BACKENDS,
+    PoolConfig,
+    PoolsFile,
+    load_pools,
+    resolve_pool,
+)
+from llorch_harness.remote.ssh import PoolOutcome, RemotePool, run_on_pools
 
 Check = Callable[[str], str]
 

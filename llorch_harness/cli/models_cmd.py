@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import catalog as cat
-from ..units import format_gb
-from .common import add_pool_root, finite_seconds, pool_paths, require_subcommand
+from llorch_harness.cli.common import add_pool_root, finite_seconds, pool_paths, require_subcommand
+from llorch_harness.pool import catalog as cat
+from llorch_harness.pool.units import format_gb
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from ..download import download_model
+    from llorch_harness.pool.download import download_model
 
     download_model(pool_paths(args), args.model_id, force=args.force,
                    stall_timeout=args.stall_timeout)
@@ -64,7 +64,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..download import verify_model
+    from llorch_harness.pool.download import verify_model
 
     verify_model(pool_paths(args), args.model_id)
     return 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from .. import __version__
-from . import models_cmd, status_cmd, worker_cmd
-from .common import add_pool_root, no_abbreviations, run_parsed
+from llorch_harness import __version__
+from llorch_harness.cli import models_cmd, status_cmd, worker_cmd
+from llorch_harness.cli.common import add_pool_root, no_abbreviations, run_parsed
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,11 +6,11 @@ import argparse
 import json
 from typing import Any
 
-from .. import backends, workers
-from ..catalog import read_catalog
-from ..errors import HarnessError
-from ..paths import PoolPaths
-from .common import add_pool_root, pool_paths
+from llorch_harness.cli.common import add_pool_root, pool_paths
+from llorch_harness.errors import HarnessError
+from llorch_harness.pool import backends, workers
+from llorch_harness.pool.catalog import read_catalog
+from llorch_harness.pool.paths import PoolPaths
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -1,4 +1,4 @@
-"""`llorch-pool worker spawn|list|stop|logs|reap`: thin layer over llorch_harness.workers."""
+"""`llorch-pool worker spawn|list|stop|logs|reap`: thin layer over llorch_harness.pool.workers."""
 
 from __future__ import annotations
 
@@ -9,11 +9,7 @@ from typing import TextIO
 
 import psutil
 
-from .. import workers as w
-from ..errors import HarnessError
-from ..procs import read_marker
-from ..redaction import redact
-from .common import (
+from llorch_harness.cli.common import (
     add_pool_root,
     finite_seconds,
     int_in_range,
@@ -21,6 +17,10 @@ from .common import (
     port_number,
     require_subcommand,
 )
+from llorch_harness.errors import HarnessError
+from llorch_harness.pool import workers as w
+from llorch_harness.pool.procs import read_marker
+from llorch_harness.redaction import redact
 
 _nonneg_float = finite_seconds(allow_zero=True)  # nan and inf are refused: see finite_seconds
 _positive_float = finite_seconds(allow_zero=False)

@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-import llorch_harness.catalog as catmod
-from llorch_harness.catalog import Catalog, ModelEntry, update_catalog
-from llorch_harness.paths import PoolPaths
+import llorch_harness.pool.catalog as catmod
+from llorch_harness.pool.catalog import Catalog, ModelEntry, update_catalog
+from llorch_harness.pool.paths import PoolPaths
 
 _real_write = catmod.atomic_write_text
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from llorch_harness.catalog import Catalog, ModelEntry, update_catalog
-from llorch_harness.paths import PoolPaths
+from llorch_harness.pool.catalog import Catalog, ModelEntry, update_catalog
+from llorch_harness.pool.paths import PoolPaths
 
 from .common import ANTI_HANG_S, PYTHON, REPO_ROOT, clean_env, count, figure, wait_for
 

@@ -32,15 +32,15 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from llorch_harness import catalog as cat
-from llorch_harness import download as dl
-from llorch_harness import hubdeadline, workers
-from llorch_harness.catalog import ModelEntry, update_catalog
 from llorch_harness.errors import HarnessError
-from llorch_harness.hub import LocalHub
-from llorch_harness.paths import PoolPaths
-from llorch_harness.readiness import NO_ANSWER, ask_health
-from llorch_harness.tinymodel import TINY_QWEN_REPO, build_tiny_model
+from llorch_harness.lab.hub import LocalHub
+from llorch_harness.lab.tinymodel import TINY_QWEN_REPO, build_tiny_model
+from llorch_harness.pool import catalog as cat
+from llorch_harness.pool import download as dl
+from llorch_harness.pool import hubdeadline, workers
+from llorch_harness.pool.catalog import ModelEntry, update_catalog
+from llorch_harness.pool.paths import PoolPaths
+from llorch_harness.pool.readiness import NO_ANSWER, ask_health
 
 from .common import ANTI_HANG_S, BIN, LLORCH_POOL, clean_env, count, figure
 from .rawserver import RawServer

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from llorch_harness import catalog as cat
-from llorch_harness import download as dl
 from llorch_harness.errors import HarnessError
-from llorch_harness.hub import LocalHub
-from llorch_harness.paths import PoolPaths
-from llorch_harness.tinymodel import TINY_QWEN_REPO, build_tiny_model
+from llorch_harness.lab.hub import LocalHub
+from llorch_harness.lab.tinymodel import TINY_QWEN_REPO, build_tiny_model
+from llorch_harness.pool import catalog as cat
+from llorch_harness.pool import download as dl
+from llorch_harness.pool.paths import PoolPaths
 
 from .common import ANTI_HANG_S, LLORCH_POOL, clean_env, count, figure, wait_for
 

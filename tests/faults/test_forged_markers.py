@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llorch_harness import procs
+from llorch_harness.pool import procs
 
 from .common import ANTI_HANG_S, LLORCH_POOL, PYTHON, clean_env, count, figure, wait_for
 from .test_process_identity import CANARY, Canary, start_canary

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from llorch_harness import workers
-from llorch_harness.catalog import ModelEntry, update_catalog
-from llorch_harness.paths import PoolPaths
-from llorch_harness.tinymodel import build_tiny_model
-from llorch_harness.workerclient import ExecuteRequest, StreamResult, execute
+from llorch_harness.checks.workerclient import ExecuteRequest, StreamResult, execute
+from llorch_harness.lab.tinymodel import build_tiny_model
+from llorch_harness.pool import workers
+from llorch_harness.pool.catalog import ModelEntry, update_catalog
+from llorch_harness.pool.paths import PoolPaths
 
 from .common import FULL, count, figure
 from .rawserver import RawServer

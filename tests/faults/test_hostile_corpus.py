@@ -29,12 +29,12 @@ from typing import Any
 
 import pytest
 
-from llorch_harness import catalog as cat
-from llorch_harness import workers
+from llorch_harness.checks.workerclient import ExecuteRequest, execute
 from llorch_harness.errors import HarnessError
-from llorch_harness.hub import LocalHub, build_embedded_hub_root
-from llorch_harness.paths import PoolPaths, validate_model_id, validate_repo_id
-from llorch_harness.workerclient import ExecuteRequest, execute
+from llorch_harness.lab.hub import LocalHub, build_embedded_hub_root
+from llorch_harness.pool import catalog as cat
+from llorch_harness.pool import workers
+from llorch_harness.pool.paths import PoolPaths, validate_model_id, validate_repo_id
 
 from .common import ANTI_HANG_S, BIN, FULL, LLORCH, LLORCH_POOL, REPO_ROOT, clean_env, figure
 from .rawserver import RawServer
@@ -726,7 +726,7 @@ def test_hostile_gate_option_is_one_usage_error(case: dict[str, Any], tmp_path: 
 
 
 def _space_options(tmp: Path) -> list[tuple[str, str]]:
-    from llorch_harness import labs
+    from llorch_harness.plugin import labs
 
     adir = tmp / "some-dir"
     adir.mkdir(exist_ok=True)

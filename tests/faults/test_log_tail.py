@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from llorch_harness import fsutil, report, workers
-from llorch_harness.paths import PoolPaths
+from llorch_harness import fsutil
+from llorch_harness.plugin import report
+from llorch_harness.pool import workers
+from llorch_harness.pool.paths import PoolPaths
 
 from .common import FULL, LLORCH_POOL, clean_env, figure
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from llorch_harness import procs
+from llorch_harness.pool import procs
 
 from .common import ANTI_HANG_S, PYTHON, clean_env, count, figure, marked_under, wait_for
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from llorch_harness import workers
+from llorch_harness.pool import workers
 
 pytestmark = pytest.mark.cpu
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llorch_harness import procs
-from llorch_harness.hub import LocalHub, build_embedded_hub_root
+from llorch_harness.lab.hub import LocalHub, build_embedded_hub_root
+from llorch_harness.pool import procs
 
 from .common import ANTI_HANG_S, LLORCH_POOL, PYTHON, clean_env, figure, wait_for
 from .test_process_identity import Canary, start_canary

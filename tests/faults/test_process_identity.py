@@ -25,8 +25,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llorch_harness import procs
-from llorch_harness.paths import PoolPaths
+from llorch_harness.pool import procs
+from llorch_harness.pool.paths import PoolPaths
 
 from .common import ANTI_HANG_S, LLORCH_POOL, clean_env, count, figure
 

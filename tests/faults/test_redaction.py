@@ -33,7 +33,7 @@ from urllib.parse import quote
 import pytest
 
 from llorch_harness import redaction
-from llorch_harness.hub import LocalHub, build_embedded_hub_root
+from llorch_harness.lab.hub import LocalHub, build_embedded_hub_root
 
 from .common import (
     ANTI_HANG_S,

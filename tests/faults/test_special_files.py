@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from llorch_harness import report, workers
 from llorch_harness.fsutil import NotRegularFileError, open_regular, tail_text
-from llorch_harness.paths import PoolPaths
+from llorch_harness.plugin import report
+from llorch_harness.pool import workers
+from llorch_harness.pool.paths import PoolPaths
 
 from .common import BIN, FULL, LLORCH_POOL, REPO_ROOT, clean_env, figure
 

@@ -1,0 +1,247 @@
+"""What the HTML report shows: title, lab banner, the CP3 checklist, per-test extras, and
+an environment table built from an allow-list.
+
+Why an allow-list: pytest-html's redact list runs on the controller only and xdist workers
+merge their unredacted metadata back in, so a token in the environment would reach the
+report with `-n 2`. Only keys named here ever get in, on every process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import io
+import json
+from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from llorch_harness.gate.checklist import CHECKPOINT
+from llorch_harness.redaction import is_secret_name, redact, secret_values
+
+ALLOWED_METADATA = ("Python", "Platform", "Packages", "Plugins")
+HARNESS_PREFIX = "llorch "
+LOG_TAIL_LINES = 60
+
+_STATUS_STYLE = {
+    "pass": ("PASS", "#1a7f37"),
+    "fail": ("FAIL", "#cf222e"),
+    "skip": ("SKIP", "#9a6700"),
+    "xfail": ("XFAIL", "#9a6700"),
+    "not run": ("NOT RUN", "#57606a"),
+}
+
+
+def report_title(hostname: str, lab: str) -> str:
+    return f"{CHECKPOINT} gate — pool {hostname} — {lab} lab"
+
+
+def harness_metadata(lab: Mapping[str, Any]) -> dict[str, str]:
+    """The harness's own rows of the environment table."""
+    backends = lab.get("backends", {})
+    rows = {
+        f"{HARNESS_PREFIX}lab": str(lab.get("banner", lab.get("lab"))),
+        f"{HARNESS_PREFIX}pool": str(lab.get("hostname")),
+        f"{HARNESS_PREFIX}harness version": str(lab.get("harness_version")),
+        f"{HARNESS_PREFIX}gate model": str(lab.get("gate_model")),
+        f"{HARNESS_PREFIX}backends available": ", ".join(
+            sorted(n for n, st in backends.items() if st.get("reason") is None)) or "none",
+    }
+    for name, st in sorted(backends.items()):
+        if st.get("binary"):
+            rows[f"{HARNESS_PREFIX}{name} binary"] = (
+                f"{st['binary']} sha256 {st.get('binary_sha256')}")
+    return rows
+
+
+def filter_metadata(metadata: MutableMapping[str, Any], lab: Mapping[str, Any] | None) -> None:
+    """Keep only allow-listed keys (in place), then add the harness rows."""
+    for key in list(metadata):
+        if key not in ALLOWED_METADATA or is_secret_name(key):
+            metadata.pop(key, None)
+    if lab is not None:
+        metadata.update(harness_metadata(lab))
+
+
+def _esc(text: object) -> str:
+    return html.escape(redact(str(text)))
+
+
+def banner_html(banner: str, lab: str) -> str:
+    color = "#cf222e" if lab == "embedded" else "#0969da"
+    return (
+        f'<p id="llorch-lab-banner" style="font-size:1.4em;font-weight:bold;color:{color};'
+        f'border:3px solid {color};padding:8px">{_esc(banner)}</p>'
+    )
+
+
+def checklist_html(rollup: list[dict[str, Any]], verdict: str) -> str:
+    """The CP3 checklist, seed order, with status, backends and skip/fail reasons."""
+    label, color = _STATUS_STYLE.get(verdict, (verdict.upper(), "#57606a"))
+    parts = [
+        '<div id="llorch-cp3-checklist">',
+        f"<h2>{CHECKPOINT} gate checklist — verdict: "
+        f'<span style="color:{color}">{_esc(label)}</span></h2>',
+    ]
+    section = None
+    for row in rollup:
+        if row["section"] != section:
+            if section is not None:
+                parts.append("</table>")
+            section = row["section"]
+            parts.append(f"<h3>{_esc(section)}</h3>")
+            parts.append('<table class="llorch-gate" border="1" cellpadding="4">'
+                         "<tr><th>status</th><th>item</th><th>per backend</th><th>reason</th></tr>")
+        slabel, scolor = _STATUS_STYLE.get(row["status"], (row["status"], "#57606a"))
+        item = _esc(row["item"]) + ("" if row["seed"] else " <i>(extra: not a seed item)</i>")
+        per = ", ".join(f"{_esc(b)}: {_esc(s)}" for b, s in sorted(row["backends"].items()))
+        reasons = "<br>".join(_esc(r) for r in row["reasons"])
+        parts.append(
+            f'<tr class="llorch-item llorch-{row["status"].replace(" ", "-")}">'
+            f'<td style="color:{scolor};font-weight:bold">{slabel}</td>'
+            f"<td>{item}</td><td>{per}</td><td>{reasons}</td></tr>"
+        )
+    if section is not None:
+        parts.append("</table>")
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def terminal_checklist(rollup: list[dict[str, Any]], verdict: str) -> list[str]:
+    lines = []
+    section = None
+    for row in rollup:
+        if row["section"] != section:
+            section = row["section"]
+            lines.append(f"{section}:")
+        label = _STATUS_STYLE.get(row["status"], (row["status"],))[0]
+        extra = "" if row["seed"] else " (extra)"
+        why = f"  [{row['reasons'][0]}]" if row["reasons"] and row["status"] != "pass" else ""
+        lines.append(redact(f"  {label:<7} {row['item']}{extra}{why}"))
+    lines.append(f"{CHECKPOINT} gate verdict: {verdict.upper()}")
+    return lines
+
+
+# --------------------------------------------------------------------------- extras
+
+
+def log_tail(path: str | Path | None, lines: int = LOG_TAIL_LINES) -> str | None:
+    if not path:
+        return None
+    from llorch_harness.fsutil import NotRegularFileError, tail_text
+
+    try:  # the one bounded tail; a FIFO or device as the log is never opened
+        return tail_text(path, lines, window=64 * 1024) if Path(path).exists() else None
+    except (OSError, NotRegularFileError):
+        return None
+
+
+def build_extras(record: Mapping[str, Any], failed: bool) -> list[dict[str, Any]]:
+    """pytest-html extras from what a test recorded (see fixtures.GateRecord)."""
+    try:
+        from pytest_html import extras
+    except ImportError:  # pytest-html absent: nothing to attach
+        return []
+    out: list[dict[str, Any]] = []
+    info = {k: v for k, v in record.items() if k not in ("streams", "log_paths")}
+    if info:
+        out.append(extras.text(redact(json.dumps(info, indent=2, default=str)),
+                               name="worker and model"))
+    streams = record.get("streams")
+    if streams:
+        out.append(extras.text(redact(json.dumps(streams, indent=2, default=str)),
+                               name="token streams compared"))
+    if failed:
+        for path in record.get("log_paths", []) or []:
+            tail = log_tail(path)
+            if tail is not None:
+                out.append(extras.text(redact(tail), name=f"worker log tail {Path(path).name}"))
+    return out
+
+
+# --------------------------------------------------------------------------- redaction
+
+_TEXT_EXTRAS = ("text", "json", "html")
+
+
+def redact_report(rep: Any) -> None:
+    """pytest's own texts of one report through the one redaction, in place: the failure
+    text (traceback, `-l` locals, `-vv` diffs, the crash line JUnit uses), captured output
+    sections, user properties (JUnit properties), xfail reasons and text extras.
+
+    The longrepr keeps its structure (colours, the JUnit message) where the walk can clean
+    it; if any secret is still visible in the rendered text, the whole longrepr becomes
+    the redacted text.
+    """
+    values = secret_values()
+
+    def clean(text: str) -> str:
+        return redact(text, values=values)
+
+    longrepr = getattr(rep, "longrepr", None)
+    if longrepr is not None:
+        rep.longrepr = _redact_longrepr(longrepr, clean)
+    if getattr(rep, "sections", None):
+        rep.sections = [(clean(t), clean(c) if isinstance(c, str) else c)
+                        for t, c in rep.sections]
+    if getattr(rep, "user_properties", None):
+        rep.user_properties = [(n, clean(v) if isinstance(v, str) else v)
+                               for n, v in rep.user_properties]
+    if isinstance(getattr(rep, "wasxfail", None), str):
+        rep.wasxfail = clean(rep.wasxfail)
+    extras = getattr(rep, "extras", None)
+    if extras:
+        rep.extras = [_redact_extra(e, clean) for e in extras]
+
+
+def _redact_extra(extra: Any, clean: Callable[[str], str]) -> Any:
+    if isinstance(extra, dict) and extra.get("format_type") in _TEXT_EXTRAS \
+            and isinstance(extra.get("content"), str):
+        return {**extra, "content": clean(extra["content"])}
+    return extra
+
+
+def _redact_longrepr(longrepr: Any, clean: Callable[[str], str]) -> Any:
+    if isinstance(longrepr, str):
+        return clean(longrepr)
+    if isinstance(longrepr, tuple):  # a skip: (path, lineno, reason)
+        return tuple(clean(x) if isinstance(x, str) else x for x in longrepr)
+    try:
+        _walk(longrepr, clean, 0)
+        text = _render(longrepr)
+    except Exception:  # an unknown repr type: fall back to its redacted text
+        return clean(str(longrepr))
+    return longrepr if clean(text) == text else clean(text)
+
+
+def _walk(obj: Any, clean: Callable[[str], str], depth: int) -> Any:
+    """Strings inside pytest's TerminalRepr dataclasses (and their lists/tuples) redacted."""
+    if depth > 30:
+        return obj
+    if isinstance(obj, str):
+        return clean(obj)
+    if isinstance(obj, list):
+        obj[:] = [_walk(x, clean, depth + 1) for x in obj]
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(_walk(x, clean, depth + 1) for x in obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            new = _walk(value, clean, depth + 1)
+            if new is not value:
+                object.__setattr__(obj, f.name, new)
+    return obj
+
+
+def _render(longrepr: Any) -> str:
+    toterminal = getattr(longrepr, "toterminal", None)
+    if toterminal is None:
+        return str(longrepr)
+    from _pytest._io import TerminalWriter
+
+    buf = io.StringIO()
+    tw = TerminalWriter(buf)
+    tw.hasmarkup = False
+    toterminal(tw)
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""Remote pools: the pools file and the one SSH transport."""
