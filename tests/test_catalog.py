@@ -363,3 +363,57 @@ def test_special_file_as_catalog_is_refused_without_blocking(pool: PoolPaths, ki
     assert not pool.catalog_path.is_file()
     with pytest.raises(HarnessError, match="not a regular file"):
         cat.read_catalog(pool)
+
+
+# ----------------------------------------------------------------- special files (issue 13)
+
+_NEVER_OPENED = r"""
+import os, sys
+from pathlib import Path
+
+watched = {os.path.realpath(p) for p in sys.argv[1:]}
+opened = []
+
+
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
+        if os.path.realpath(os.fsdecode(args[0])) in watched:
+            opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(hook)
+from llorch_harness.errors import HarnessError
+from llorch_harness.pool.catalog import Catalog
+
+try:
+    Catalog.load(Path(sys.argv[1]))
+    print("LOADED")
+except HarnessError as exc:
+    print("ERROR", exc.one_line())
+print("OPENED", opened)
+"""
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink-to-fifo", "symlink-to-device"])
+def test_special_catalog_is_refused_and_never_opened(pool: PoolPaths, tmp_path: Path,
+                                                     kind: str) -> None:
+    """A catalog that is a FIFO, or a symlink to a FIFO or a device, is refused with one
+    line and never opened: a Python audit hook in the reading process sees every open()."""
+    pool.models_dir.mkdir(parents=True)
+    target = pool.catalog_path
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink-to-fifo":
+        os.mkfifo(tmp_path / "pipe")
+        target.symlink_to(tmp_path / "pipe")
+    else:
+        target.symlink_to("/dev/zero")  # endless: a reader that trusted it never finishes
+    r = subprocess.run([sys.executable, "-c", _NEVER_OPENED, str(target), str(target.resolve())],
+                       capture_output=True, text=True, timeout=TIMEOUT, check=False,
+                       stdin=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("ERROR "), r.stdout
+    assert "not a regular file" in lines[0] and str(target) in lines[0]
+    assert lines[1] == "OPENED []", f"the catalog was opened: {lines[1]}"
+    assert os.path.lexists(target)

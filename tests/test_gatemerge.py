@@ -307,13 +307,15 @@ def test_unreadable_and_duplicate_inputs_exit_2(tmp_path: Path,
 
 
 def test_status_aliases_of_the_brief_are_accepted(tmp_path: Path) -> None:
-    """`passed/failed/skipped/error` (the brief's spelling) mean what `pass/fail/skip` mean."""
+    """`passed/failed/skipped` (the brief's spelling) mean what `pass/fail/skip` mean; `error`
+    (could not check, issue 18) stays an error: not a pass, and not a failure of the code."""
     doc = pool_doc("mac", "metal")
     for i in doc["items"]:
         i["status"] = "passed"
     doc["items"][0]["status"] = "error"
+    doc["items"][1]["status"] = "failed"
     res = gatemerge.parse_result(doc, Path("x.json"))
-    assert {o.status for o in res.outcomes} == {"pass", "fail"}
+    assert {o.status for o in res.outcomes} == {"pass", "fail", "error"}
 
 
 # --------------------------------------------------------------------------- real producer
@@ -386,3 +388,37 @@ def test_fifo_as_result_is_refused_without_blocking(tmp_path: Path) -> None:
     res, _, _ = merge_cli(tmp_path, f"mac={fifo}")
     err = res.stderr.strip()
     assert res.returncode == 2 and "FIFO" in err and "not a regular file" in err, err
+
+
+_WRITE_CAPPED = r"""
+import resource, signal, sys
+from llorch_harness.errors import HarnessError
+from llorch_harness.gate.checklist import write_gate_json
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+try:
+    write_gate_json(sys.argv[1], "x" * (1 << 20))
+    print("WRITTEN")
+except HarnessError as exc:
+    print("ERROR", exc.one_line())
+"""
+
+
+def test_gate_json_is_written_atomically(tmp_path: Path) -> None:
+    """`--gate-json` over an earlier result, in a process whose writes stop at 64 KiB (a full
+    disk, for that process): the earlier file stays whole, no temp file is left, and the
+    failure is one line. A write in place would have left 64 KiB of the new text."""
+    target = tmp_path / "gate.json"
+    old = gate.dumps({"checkpoint": "CP3", "items": []})
+    target.write_text(old)
+    r = subprocess.run([sys.executable, "-c", _WRITE_CAPPED, str(target)], capture_output=True,
+                       text=True, timeout=HANG_GUARD_S, check=False, cwd=REPO,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ERROR cannot write gate JSON") and str(target) in r.stdout
+    assert len(r.stdout.strip().splitlines()) == 1, r.stdout
+    assert target.read_text() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gate.json"]
+    gate.write_gate_json(target, "{}\n")  # and without the limit it is replaced whole
+    assert target.read_text() == "{}\n"

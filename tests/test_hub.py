@@ -399,7 +399,7 @@ def test_not_found_and_stall(hub: LocalHub, tmp_path: Path, hf_env: Path) -> Non
 
 
 def test_serve_main_subprocess(hub_root: Path, tmp_path: Path) -> None:
-    code = "import sys; from llorch_harness.lab.hub import serve_main; sys.exit(serve_main())"
+    code = "import sys; from llorch_harness.cli.hub_cmd import serve_main; sys.exit(serve_main())"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(hub_root), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

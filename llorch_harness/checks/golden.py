@@ -111,9 +111,9 @@ def _parse(obj: Any, path: Path) -> Golden:
                 or not isinstance(toks, list) or not all(isinstance(t, str) for t in toks)):
             raise _bad(path, f"prompt {name!r} needs prompt (str), max_tokens (int), "
                              "token_texts (list of str)")
+        text = p.get("text")
         prompts[name] = GoldenPrompt(p["prompt"], p["max_tokens"], list(toks),
-                                     p.get("text") if isinstance(p.get("text"), str)
-                                     else "".join(toks))
+                                     text if isinstance(text, str) else "".join(toks))
     for key in ("model_id", "backend"):
         if not isinstance(obj.get(key), str):
             raise _bad(path, f"`{key}` missing")

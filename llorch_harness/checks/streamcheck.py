@@ -196,7 +196,7 @@ def _check_end(e: dict, tokens: int, v: Any) -> None:
     elif out != tokens:
         v(f"expected `end.tokens_out` == number of token events ({tokens}), got {out}")
     dt = e.get("decode_time_ms")
-    if not _is_num(dt) or dt < 0:
+    if not isinstance(dt, int | float) or isinstance(dt, bool) or dt < 0:  # _is_num, narrowed
         v(f"expected `end.decode_time_ms` to be a number >= 0, got {_r(dt)}")
     raw = e.get("stop_reason")
     reason = normalise_stop_reason(raw)

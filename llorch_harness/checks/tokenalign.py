@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tokenizers import Tokenizer
 
-from llorch_harness.lab.qwen_vocab import bytes_to_unicode
+from llorch_harness.bytelevel import bytes_to_unicode
 
 REPLACEMENT = "\ufffd".encode()
 

@@ -26,6 +26,9 @@ _ENTRY_KEYS = (
     "id", "name", "path", "format", "size_gb", "architecture", "downloaded", "backends", "metadata",
 )
 VALID_BACKENDS = ("cpu", "cuda", "metal")
+# The embedded test model's repo: named here, on the pool side, so that the catalog never
+# imports the lab (the tiny model builder and its numpy) for one string.
+TINY_QWEN_REPO = "llorch-test/tiny-qwen"
 
 T = TypeVar("T")
 
@@ -246,17 +249,26 @@ def _known(model_id: str, name: str, repo: str, arch: str, **meta: Any) -> Model
 
 
 def known_models() -> dict[str, ModelEntry]:
-    """CP2's models plus the embedded test model, so `download ID` works on an empty pool."""
-    from llorch_harness.lab.tinymodel import TINY_QWEN_REPO
-
+    """CP4's models (repos; sizes from its plan as `expected_size_gb`, `size_gb` stays 0 until a
+    download measures it, as llorch-pool does) plus one embedded tiny model per architecture,
+    so `download ID` works on an empty pool."""
     entries = [
         _known("tiny-qwen", "Tiny Qwen2 (embedded test model)", TINY_QWEN_REPO, "qwen",
                embedded=True),
-        _known("qwen-0.5b", "Qwen2.5 0.5B Instruct", "Qwen/Qwen2.5-0.5B-Instruct", "qwen"),
-        _known("tinyllama", "TinyLlama 1.1B Chat", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "llama"),
-        _known("phi3", "Phi-3 Mini 4K Instruct", "microsoft/Phi-3-mini-4k-instruct", "phi3"),
+        _known("tiny-llama", "Tiny Llama (embedded test model)", "llorch-test/tiny-llama",
+               "llama", embedded=True),
+        _known("tiny-phi3", "Tiny Phi-3 (embedded test model)", "llorch-test/tiny-phi3", "phi3",
+               embedded=True),
+        _known("tiny-mistral", "Tiny Mistral (embedded test model)", "llorch-test/tiny-mistral",
+               "mistral", embedded=True),
+        _known("qwen-0.5b", "Qwen2.5 0.5B Instruct", "Qwen/Qwen2.5-0.5B-Instruct", "qwen",
+               expected_size_gb=1.0),
+        _known("tinyllama", "TinyLlama 1.1B Chat", "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "llama",
+               expected_size_gb=2.2),
+        _known("phi3", "Phi-3 Mini 4K Instruct", "microsoft/Phi-3-mini-4k-instruct", "phi3",
+               expected_size_gb=5.0),
         _known("mistral", "Mistral 7B Instruct v0.2", "mistralai/Mistral-7B-Instruct-v0.2",
-               "mistral"),
+               "mistral", expected_size_gb=14.0),
     ]
     return {e.id: e for e in entries}
 

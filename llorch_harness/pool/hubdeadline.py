@@ -4,7 +4,8 @@ Why: huggingface_hub's timeouts are per read (10 s), so a hub that trickles one 
 every 0.1 s never trips them, and its tree pagination follows `Link: rel="next"` for as
 long as the hub sends one; either way `models download` hung forever holding the model
 lock. The rule here is the harness's one deadline rule for data from outside, enforced by
-the same watchdog `workerclient` uses (it shuts the socket down when a deadline passes):
+the watchdog the worker client uses too (`deadlines`: it shuts the socket down when a
+deadline passes):
 
 * an API answer (revision info, a tree page, a file's HEAD) must be complete within
   `stall_s` seconds, as a whole call;
@@ -29,7 +30,7 @@ from typing import Any
 
 import httpx2
 
-from llorch_harness.checks.workerclient import Watchdog  # the one whole-call deadline mechanism
+from llorch_harness.deadlines import Watchdog  # the one whole-call deadline mechanism
 
 DEFAULT_STALL_S = 60.0
 STALL_MIN_BYTES = 64 * 1024  # per stall window: ~1 KB/s at the default, any real link does more

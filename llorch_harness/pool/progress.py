@@ -88,7 +88,7 @@ def _terminal_columns(out: TextIO) -> int:
         return 0
 
 
-class BarProgress(_tqdm):  # type: ignore[misc]
+class BarProgress(_tqdm):
     """A plain tqdm bar labelled `Downloading NAME` (the CP3 look), written to `out`."""
 
     out: TextIO = sys.stdout

@@ -5,10 +5,11 @@ callback alone proves nothing; and a worker that dies while loading must be
 reported at once, not after the ready timeout.
 
 Every /health is asked with one whole-call deadline (`ask_health`), enforced by the
-watchdog of `workerclient` that shuts the socket down: httpx's timeouts are per read,
-so a worker trickling one byte every 0.1 s would defeat them forever (issue 20 #10).
-The real llorch-candled answers nothing, not even /health, while it generates, so a
-/health without an answer within the deadline means "busy generating, or hung".
+watchdog of `deadlines` (the worker client's too) that shuts the socket down: httpx's
+timeouts are per read, so a worker trickling one byte every 0.1 s would defeat them
+forever (issue 20 #10). The real llorch-candled answers nothing, not even /health, while
+it generates, so a /health without an answer within the deadline means "busy generating,
+or hung".
 """
 
 from __future__ import annotations
@@ -24,10 +25,7 @@ from typing import Any
 
 import httpx
 
-from llorch_harness.checks.workerclient import (  # the one whole-call deadline mechanism
-    Watchdog,
-    read_capped,
-)
+from llorch_harness.deadlines import Watchdog, read_capped  # the one deadline mechanism
 from llorch_harness.pool.localhttp import local_client
 from llorch_harness.pool.procs import port_accepts
 
@@ -91,6 +89,7 @@ class CallbackServer:
 
     def _accept(self, body: bytes) -> str | None:
         """Check the contract's payload {worker_id, vram_bytes, uri}; a bad one is refused."""
+        problem: str | None
         try:
             payload = json.loads(body.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
