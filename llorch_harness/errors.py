@@ -1,6 +1,47 @@
-"""One error type for everything a user can cause or fix, so the CLI can print one line."""
+"""The harness's one error hierarchy: everything a user can cause or fix, printed as one line.
+
+Every error the harness raises on purpose derives from `HarnessError` (message + optional
+hint + exit code), so each CLI prints exactly one line `error: <message> (<hint>)` and exits
+with `exit_code`, and a library caller catches one type. The tree (tests/test_errors.py
+checks that every exception class of the package appears here, under its base):
+
+    HarnessError                      errors.py: bad input, missing files, failed commands
+    ├── PoolUnreachable               errors.py: ssh itself failed (status 255): unreachable,
+    │                                 refused, authentication or host key; the one class for
+    │                                 `llorch pool(s)` and `llorch-harness gate run`
+    ├── RemoteTimeout                 errors.py: a remote command ran past its deadline (it
+    │                                 was stopped there too); exit 124
+    ├── NotRegularFileError           fsutil.py: a FIFO, device or directory where a file is read
+    ├── WorkerStartError              pool/workers/spawn.py: a worker exited or never got ready
+    ├── GitRangeError                 gate/gitrange.py: a commit range the code checks cannot use
+    └── ModelLoadError                lab/refworker/weights.py: the reference worker cannot load
+                                      a model (its message is candle's)
+
+Internal signals, not errors (raised and caught inside one module or one call; they never
+reach a user, so they need no hint and no exit code):
+
+    NotReady                          pool/readiness.py: spawn turns it into WorkerStartError
+    HubStalled                        pool/hubdeadline.py: download turns it into a HarnessError
+    OptionError                       plugin/labs.py: pytest turns it into a usage error
+    ExpressionError                   plugin/markexpr.py: a `-m` text pytest itself reports
+    LineTooLong                       checks/sse.py: the worker client's stream error
+    SmiError                          pool/devicehealth/smi.py: a device health reading's error
+    BadTarget                         lab/hub/routes.py: the local hub's 400 answer
+
+The reference worker (lab/refworker/) is a separate program speaking the worker contract;
+its own exceptions mimic candle's and llorch-candled's and end as that program's exit
+status or HTTP answer, never as a harness error:
+
+    CandleError, BroadcastError, ContextOverflowError, InferenceFailed, StartupError,
+    SettingError, FaultSpecError, JsonRejection, CliExit
+
+Private classes (a leading underscore) are control flow inside their module.
+"""
 
 from __future__ import annotations
+
+SSH_FAILED = 255  # ssh's own status for "could not connect / authenticate / verify"
+TIMED_OUT = 124  # timeout(1)'s status: the command ran past its deadline
 
 
 class HarnessError(Exception):
@@ -15,3 +56,28 @@ class HarnessError(Exception):
     def one_line(self) -> str:
         text = self.message if not self.hint else f"{self.message} ({self.hint})"
         return " ".join(text.split())
+
+
+class PoolUnreachable(HarnessError):
+    """ssh itself failed (status 255): the pool was never reached, nothing ran there.
+
+    `pool` is the pool's label (`name (host)`), `host` the ssh destination and `detail`
+    ssh's last line on stderr (`Connection refused`, `Host key verification failed.`)."""
+
+    def __init__(self, pool: str, host: str, detail: str, hint: str | None = None) -> None:
+        super().__init__(
+            f"cannot reach pool {pool} over ssh: {detail or 'ssh exited with status 255'}",
+            hint, exit_code=SSH_FAILED)
+        self.pool = pool
+        self.host = host
+        self.detail = detail
+
+
+class RemoteTimeout(HarnessError):
+    """A remote command did not finish within its deadline; it was stopped on the pool."""
+
+    def __init__(self, pool: str, seconds: float) -> None:
+        super().__init__(f"pool {pool}: remote command did not finish within {seconds:g}s",
+                         "it was stopped there; pass a longer --timeout", exit_code=TIMED_OUT)
+        self.pool = pool
+        self.seconds = seconds

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llorch_harness.errors import HarnessError
-from llorch_harness.remote.poolsfile import load_pools_file, parse_destination
-from llorch_harness.remote.ssh import RemotePool, SshConnectionError, run_on_pools
+from llorch_harness.errors import HarnessError, PoolUnreachable, RemoteTimeout
+from llorch_harness.remote.hosts import parse_destination
+from llorch_harness.remote.poolsfile import load_pools_file
+from llorch_harness.remote.ssh import RemotePool, run_on_pools
+from tests.marked import kill_all, marked, named, new_marker, wait_for, wait_none
 from tests.sshd import BAD_KEY_ALIAS, UNKNOWN_KEY_ALIAS, SshdServer, free_port, make_sshd_fixture
 
 sshd = make_sshd_fixture()
@@ -244,7 +248,7 @@ def test_wrong_or_unknown_host_key_is_refused(tmp_path: Path, sshd: SshdServer,
 
 def test_library_raises_connection_error(tmp_path: Path, sshd: SshdServer) -> None:
     pf = write_pools(tmp_path, sshd, {"bad": pool_entry(sshd, tmp_path, host=BAD_KEY_ALIAS)})
-    with pytest.raises(SshConnectionError) as info:
+    with pytest.raises(PoolUnreachable) as info:
         RemotePool(load_pools_file(pf).pools["bad"]).run(["status"], capture=True,
                                                          timeout=HANG_GUARD_S)
     assert info.value.exit_code == 255
@@ -615,3 +619,114 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+# --------------------------------------------------------------------------- stopping
+
+# A remote command that runs until it is stopped, with a child of its own: the marker
+# (sys.argv[1]) is a word of both command lines.
+SLEEPER = ("import subprocess, sys, time; "
+           "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', "
+           "sys.argv[1] + '-child']); time.sleep(600)")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["SIGINT", "SIGTERM", "SIGKILL"])
+def test_stopping_llorch_pool_ends_the_remote_command(tmp_path: Path, sshd: SshdServer,
+                                                      sig: signal.Signals) -> None:
+    """Issue 13: Ctrl-C, SIGTERM (or even SIGKILL) of `llorch pool ... --host` ends the
+    remote command and its children; no ssh and no remote process is left."""
+    marker = new_marker("pool")
+    pf = write_pools(tmp_path, sshd, {"p": pool_entry(
+        sshd, tmp_path, llorch_pool=f"{sys.executable} -c \"{SLEEPER}\" {marker}")})
+    proc = subprocess.Popen([LLORCH, "--pools-file", str(pf), "pool", "status", "--host", "p"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env(tmp_path), cwd=tmp_path, stdin=subprocess.DEVNULL)
+    try:
+        running = wait_for(marker, 3, HANG_GUARD_S)  # local ssh, remote command, its child
+        assert len(running) >= 3, [p.cmdline() for p in running]
+        proc.send_signal(sig)
+        _out, err = proc.communicate(timeout=HANG_GUARD_S)
+        assert proc.returncode == (-9 if sig == signal.SIGKILL else 130), err
+        if sig != signal.SIGKILL:
+            assert error_lines(err) == ["error: interrupted"]
+        assert wait_none(marker, 60) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_all(marker)
+
+
+def test_deadline_ends_the_remote_command(tmp_path: Path, sshd: SshdServer) -> None:
+    marker = new_marker("deadline")
+    pf = write_pools(tmp_path, sshd, {"p": pool_entry(
+        sshd, tmp_path, llorch_pool=f"{sys.executable} -c \"{SLEEPER}\" {marker}")})
+    try:
+        with pytest.raises(RemoteTimeout) as info:
+            RemotePool(load_pools_file(pf).pools["p"]).run(["status"], capture=True,
+                                                           timeout=3)
+        assert info.value.exit_code == 124 and "within 3s" in info.value.message
+        assert wait_none(marker, 60) == []
+    finally:
+        kill_all(marker)
+
+
+def test_oversized_answer_is_refused_and_stopped(tmp_path: Path, sshd: SshdServer) -> None:
+    """A captured answer past its cap is an error, and the remote writer is stopped."""
+    marker = new_marker("flood")
+    flood = "import sys\nwhile True: sys.stdout.buffer.write(b'x' * 65536)"
+    pf = write_pools(tmp_path, sshd, {"p": {"host": sshd.alias}})
+    transport = RemotePool(load_pools_file(pf).pools["p"]).transport
+    try:
+        with pytest.raises(HarnessError, match="answer larger than 1000000 bytes"):
+            transport.run([sys.executable, "-c", flood, marker], timeout=HANG_GUARD_S,
+                          max_stdout=1_000_000)
+        assert wait_none(marker, 60) == []
+    finally:
+        kill_all(marker)
+
+
+def test_library_interrupt_ends_remote_command(tmp_path: Path, sshd: SshdServer) -> None:
+    """The library API: a KeyboardInterrupt in the waiting thread stops the remote side
+    before it propagates (here raised by a timer, as a Ctrl-C would)."""
+    marker = new_marker("lib")
+    pf = write_pools(tmp_path, sshd, {"p": pool_entry(
+        sshd, tmp_path, llorch_pool=f"{sys.executable} -c \"{SLEEPER}\" {marker}")})
+    pool = RemotePool(load_pools_file(pf).pools["p"])
+    main = threading.get_ident()
+
+    def interrupt_when_running() -> None:
+        if len(wait_for(marker, 3, HANG_GUARD_S)) >= 3:
+            signal.pthread_kill(main, signal.SIGINT)
+
+    t = threading.Thread(target=interrupt_when_running, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pool.run(["status"], capture=True, timeout=HANG_GUARD_S)
+        # the local ssh has ended when run() hands the interrupt on; the remote side soon
+        assert named(marked(marker), "ssh") == []
+        assert wait_none(marker, 60) == []
+    finally:
+        t.join(timeout=HANG_GUARD_S)
+        kill_all(marker)
+
+
+def test_remote_command_is_wrapped_but_words_stay_verbatim(tmp_path: Path,
+                                                         sshd: SshdServer) -> None:
+    """The wrapper is the only addition: the remote command sees its argv, its cwd and an
+    empty stdin, and its exit status comes back."""
+    printer = ("import json, os, sys; "
+               "print(json.dumps([sys.argv[1:], os.getcwd(), sys.stdin.read()])); "
+               "sys.exit(5)")
+    pf = write_pools(tmp_path, sshd, {"p": {"host": sshd.alias}})
+    transport = RemotePool(load_pools_file(pf).pools["p"]).transport
+    odd = tmp_path / "dir with 'quote' $(x)"
+    odd.mkdir()
+    res = transport.run([sys.executable, "-c", printer, "a b", "", "-n"], cwd=str(odd),
+                        timeout=HANG_GUARD_S)
+    assert res.returncode == 5, res.stderr
+    assert json.loads(res.stdout) == [["a b", "", "-n"], str(odd), ""]
+    missing = transport.run(["true"], cwd=str(tmp_path / "nope"), timeout=HANG_GUARD_S)
+    assert missing.returncode != 0 and "nope" in missing.stderr

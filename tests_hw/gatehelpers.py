@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from llorch_harness.plugin.labs import redact
+from llorch_harness.redaction import redact
 
 ALL_BACKENDS = (pytest.mark.cpu, pytest.mark.cuda, pytest.mark.metal)
 CLI_TIMEOUT_S = 600.0

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
 
 from llorch_harness.errors import HarnessError
 from llorch_harness.pool.paths import PoolPaths
@@ -119,6 +123,27 @@ def run_handler(func: Handler, args: argparse.Namespace) -> int:
               f"with {DEBUG_ENV}=1 for the traceback and report it)", file=sys.stderr,
               flush=True)
         return INTERNAL_ERROR_EXIT
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While the block runs, SIGTERM raises KeyboardInterrupt in the main thread.
+
+    Why: a command that drives remote commands must end them when it is stopped, and
+    Python's default SIGTERM ends the process without running any cleanup; this way a
+    SIGTERM gets the same orderly stop as a Ctrl-C (exit 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def finite_seconds(allow_zero: bool = True) -> Callable[[str], float]:

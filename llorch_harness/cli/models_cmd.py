@@ -4,55 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
-from llorch_harness.cli.common import add_pool_root, finite_seconds, pool_paths, require_subcommand
+from llorch_harness.cli.common import pool_paths
 from llorch_harness.pool import catalog as cat
 from llorch_harness.pool.units import format_gb
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    models = sub.add_parser("models", help="model catalog and downloads")
-    add_pool_root(models)
-    models.set_defaults(func=require_subcommand(models))
-    msub = models.add_subparsers(dest="models_command", metavar="ACTION")
-
-    p = msub.add_parser("download", help="download a model from the hub and verify it")
-    p.add_argument("model_id")
-    p.add_argument("--force", action="store_true", help="download again even if verified")
-    p.add_argument("--stall-timeout", type=finite_seconds(allow_zero=False), default=60.0,
-                   metavar="S", help="give up when a hub answer is not complete, or a file "
-                   "delivers less than 64 KiB, within S seconds (default 60)")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_download)
-
-    p = msub.add_parser("verify", help="re-check a downloaded model's files offline")
-    p.add_argument("model_id")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_verify)
-
-    p = msub.add_parser("catalog", help="show the catalog (CP3 table)")
-    p.add_argument("--json", action="store_true", help="print the catalog file as JSON")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_catalog)
-
-    p = msub.add_parser("list", help="known and registered models with download state")
-    p.add_argument("--json", action="store_true")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_list)
-
-    p = msub.add_parser("register", help="add a model to the catalog")
-    p.add_argument("model_id")
-    p.add_argument("--name", required=True)
-    p.add_argument("--repo", required=True, help="hub repo ORG/NAME")
-    p.add_argument("--architecture", required=True)
-    p.add_argument("--backends", default="cpu,metal,cuda", help="comma list (default: all)")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_register)
-
-    p = msub.add_parser("unregister", help="remove a model from the catalog (files stay)")
-    p.add_argument("model_id")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_unregister)
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -98,7 +54,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     catalog = cat.read_catalog(pool_paths(args))
-    rows = []
+    rows: list[dict[str, Any]] = []
     known = cat.known_models()
     for model_id in sorted(set(known) | {m.id for m in catalog.models}):
         entry = catalog.find(model_id)

@@ -6,20 +6,13 @@ import argparse
 import json
 from typing import Any
 
-from llorch_harness.cli.common import add_pool_root, pool_paths
+from llorch_harness.cli.common import pool_paths
 from llorch_harness.errors import HarnessError
-from llorch_harness.pool import backends, workers
+from llorch_harness.pool import backends
 from llorch_harness.pool.catalog import read_catalog
 from llorch_harness.pool.paths import PoolPaths
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("status", help="pool overview: catalog, workers, devices")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--llorch-bin-dir", metavar="DIR", default=None,
-                   help="where the worker binaries are (default $LLORCH_BIN_DIR, then PATH)")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_status)
+from llorch_harness.pool.workers.listing import list_workers
+from llorch_harness.pool.workers.stop import find_orphans
 
 
 def collect_status(paths: PoolPaths, bin_dir: str | None = None) -> dict[str, Any]:
@@ -37,8 +30,8 @@ def collect_status(paths: PoolPaths, bin_dir: str | None = None) -> dict[str, An
         "pool_id": catalog.pool_id,
         "models": [{"id": m.id, "name": m.name, "downloaded": m.downloaded,
                     "size_gb": m.size_gb, "backends": m.backends} for m in catalog.models],
-        "workers": [r.to_json() for r in workers.list_workers(paths)],
-        "orphans": [p.pid for p in workers.find_orphans(paths)],
+        "workers": [r.to_json() for r in list_workers(paths)],
+        "orphans": [p.pid for p in find_orphans(paths)],
         "devices": {name: {"reason": why, **backends.device_info(name, 0)}
                     for name, why in detected.items()},
         "binaries": binaries,

@@ -1,4 +1,7 @@
-"""`llorch-pool worker spawn|list|stop|logs|reap`: thin layer over llorch_harness.pool.workers."""
+"""`llorch-pool worker spawn|list|stop|logs|reap`: thin layer over llorch_harness.pool.workers.
+
+The arguments are defined in cli/pool_commands.py (shared with `llorch pool`).
+"""
 
 from __future__ import annotations
 
@@ -9,92 +12,40 @@ from typing import TextIO
 
 import psutil
 
-from llorch_harness.cli.common import (
-    add_pool_root,
-    finite_seconds,
-    int_in_range,
-    pool_paths,
-    port_number,
-    require_subcommand,
-)
+from llorch_harness.cli.common import pool_paths
 from llorch_harness.errors import HarnessError
-from llorch_harness.pool import workers as w
 from llorch_harness.pool.procs import read_marker
+from llorch_harness.pool.workers.defaults import LOG_TAIL_LINES
+from llorch_harness.pool.workers.listing import list_workers
+from llorch_harness.pool.workers.logs import follow_logs, worker_logs
+from llorch_harness.pool.workers.spawn import WorkerStartError, spawn_worker
+from llorch_harness.pool.workers.stop import (
+    StopFailure,
+    find_orphans,
+    reap_orphans,
+    stop_every,
+    stop_worker,
+)
 from llorch_harness.redaction import redact
-
-_nonneg_float = finite_seconds(allow_zero=True)  # nan and inf are refused: see finite_seconds
-_positive_float = finite_seconds(allow_zero=False)
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    worker = sub.add_parser("worker", help="spawn, list, stop and inspect workers")
-    add_pool_root(worker)
-    worker.set_defaults(func=require_subcommand(worker))
-    wsub = worker.add_subparsers(dest="worker_command", metavar="ACTION")
-
-    p = wsub.add_parser("spawn", help="start a worker detached and wait until it is ready")
-    p.add_argument("backend", help="cpu, cuda or metal")
-    p.add_argument("--model", required=True, metavar="ID", help="catalog model id")
-    p.add_argument("--gpu", type=int_in_range(0, 65535 - w.BASE_PORT, "device index"), default=0,
-                   help="device index (default 0)")
-    p.add_argument("--port", type=port_number, default=None,
-                   help="port (default 8000+gpu; 0: a free port from the OS)")
-    p.add_argument("--worker", choices=w.WORKER_KINDS, default="llorch",
-                   help="llorch: the llorch-<backend>-candled binary; reference: the harness's")
-    p.add_argument("--llorch-bin-dir", metavar="DIR", default=None,
-                   help="where the worker binaries are (default $LLORCH_BIN_DIR, then PATH)")
-    p.add_argument("--ready-timeout", type=_positive_float, default=120.0, metavar="S",
-                   help="seconds to wait for ready (default 120: real models load slowly)")
-    p.add_argument("--worker-id", default=None, help="default worker-<backend>-<gpu>")
-    p.add_argument("--json", action="store_true", help="print the record as JSON when ready")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_spawn)
-
-    p = wsub.add_parser("list", help="recorded workers with status, health and uptime")
-    p.add_argument("--json", action="store_true")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_list)
-
-    p = wsub.add_parser("stop", help="SIGINT, grace, SIGTERM, SIGKILL; then remove the record")
-    p.add_argument("worker_id", nargs="?")
-    p.add_argument("--all", action="store_true", help="stop every recorded worker")
-    p.add_argument("--grace", type=_nonneg_float, default=w.STOP_GRACE_S, metavar="S",
-                   help="seconds between SIGINT and SIGTERM (default 30: longer than a "
-                        "generation, which the worker finishes before it handles SIGINT)")
-    p.add_argument("--json", action="store_true")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_stop)
-
-    p = wsub.add_parser("logs", help="show a worker's log")
-    p.add_argument("worker_id")
-    p.add_argument("-n", "--lines", type=int, default=w.LOG_TAIL_LINES, metavar="N")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_logs)
-
-    p = wsub.add_parser("reap", help="stop marked worker processes that have no record")
-    p.add_argument("--grace", type=_nonneg_float, default=5.0, metavar="S")
-    p.add_argument("--all-pools", action="store_true", help="orphans of every pool root")
-    add_pool_root(p)
-    p.set_defaults(func=cmd_reap)
 
 
 def cmd_spawn(args: argparse.Namespace) -> int:
     paths = pool_paths(args)
     out = sys.stderr if args.json else sys.stdout
     try:
-        handle = w.spawn_worker(
+        handle = spawn_worker(
             paths, args.backend, args.model, gpu=args.gpu, port=args.port, worker=args.worker,
             bin_dir=args.llorch_bin_dir, ready_timeout=args.ready_timeout,
-            worker_id=args.worker_id, out=out,
+            worker_id=args.worker_id, out=out, lease_dir=args.lease_dir,
+            lease_wait=args.lease_wait,
         )
-    except w.WorkerStartError as err:
-        print(f"--- last {w.LOG_TAIL_LINES} lines of {err.log_path} ---", file=sys.stderr)
+    except WorkerStartError as err:
+        print(f"--- last {LOG_TAIL_LINES} lines of {err.log_path} ---", file=sys.stderr)
         for line in err.log_tail.splitlines():
             print(f"  | {line}", file=sys.stderr)
         raise
     if args.json:
-        print(json.dumps(handle.record, indent=2))
+        print(json.dumps(handle.record.to_json(), indent=2))
     return 0  # the worker is detached: it outlives this command
 
 
@@ -107,8 +58,8 @@ def _uptime(seconds: float | None) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     paths = pool_paths(args)
-    rows = w.list_workers(paths)
-    orphans = w.find_orphans(paths)
+    rows = list_workers(paths)
+    orphans = find_orphans(paths)
     if args.json:
         print(json.dumps({
             "workers": [r.to_json() for r in rows],
@@ -147,11 +98,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if args.all == bool(args.worker_id):
         raise HarnessError("give a worker id or --all (not both)",
                            "e.g. llorch-pool worker stop worker-cpu-0", exit_code=2)
-    failures: list[w.StopFailure] = []
+    failures: list[StopFailure] = []
     if args.all:  # every worker it can; the records it cannot handle are reported after
-        results, failures = w.stop_every(paths, grace=args.grace)
+        results, failures = stop_every(paths, grace=args.grace)
     else:
-        results = [w.stop_worker(paths, args.worker_id, grace=args.grace)]
+        results = [stop_worker(paths, args.worker_id, grace=args.grace)]
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2))
     elif not results and not failures:
@@ -180,13 +131,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if args.follow:
         out = RedactingWriter(sys.stdout)
         try:
-            w.follow_logs(paths, args.worker_id, args.lines, out=out)  # type: ignore[arg-type]
+            follow_logs(paths, args.worker_id, args.lines, out=out)  # type: ignore[arg-type]
         except KeyboardInterrupt:
             return 0
         finally:
             out.close()
         return 0
-    text = w.worker_logs(paths, args.worker_id, args.lines)
+    text = worker_logs(paths, args.worker_id, args.lines)
     if text:
         print(redact(text))  # the worker's own output may hold a token
     return 0
@@ -225,7 +176,7 @@ class RedactingWriter:
 
 def cmd_reap(args: argparse.Namespace) -> int:
     paths = None if args.all_pools else pool_paths(args)
-    pids = w.reap_orphans(paths, grace=args.grace)
+    pids = reap_orphans(paths, grace=args.grace)
     if pids:
         print(f"✅ Reaped {len(pids)} orphan process(es): {', '.join(map(str, pids))}")
     else:

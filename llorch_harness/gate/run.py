@@ -3,12 +3,13 @@
 Why: labs without CI runners still need one CP3 verdict across the mac and the
 workstation. Each pool runs the gate in its own harness checkout, with the pool's
 backends required (`--require-backend`), so a missing GPU or binary fails instead of
-skipping. The remote command is built from `shlex.quote`d words only; ssh gets the same
-options as every other remote command (`remote.RemotePool.ssh_options`: BatchMode,
-connect timeout, host key checking left on). Results come back with `ssh cat` (one
-transport, one set of options, no scp/sftp quoting rules), then `gatemerge` judges them.
+skipping. Every remote step goes through the one SSH transport (remote/transport.py:
+BatchMode, connect timeout, host key checking left on, every word `shlex.quote`d, and no
+remote command outliving this one, Ctrl-C included). Results come back with `cat` over
+the same transport (one set of options, no scp/sftp quoting rules), then the merge
+judges them.
 
-Per pool, in order: `mktemp -d` there; `cd CHECKOUT && env ... .venv/bin/pytest -m
+Per pool, in order: `mktemp -d` there; in CHECKOUT `env ... .venv/bin/pytest -m
 BACKENDS --require-backend ... --gate-json TMP/... --html TMP/...`; `cat` the results
 back into OUT; `rm -rf TMP` there. A pool that cannot be reached, or that wrote no
 result, counts as missing in the merge.
@@ -18,20 +19,21 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from llorch_harness.errors import HarnessError
+from llorch_harness import redaction
+from llorch_harness.errors import HarnessError, PoolUnreachable
 from llorch_harness.fsutil import atomic_write_bytes
 from llorch_harness.gate import merge as gatemerge
 from llorch_harness.remote import poolsfile as pools
-from llorch_harness.remote.ssh import SSH_FAILED, RemotePool, end_process, fan_out
+from llorch_harness.remote.fanout import fan_out
+from llorch_harness.remote.transport import RemoteResult, SshTransport, last_line
 
 REMOTE_PYTEST = ".venv/bin/pytest"  # the README's install puts the venv in the checkout
 DEFAULT_TIMEOUT_S = 3600.0
@@ -40,7 +42,8 @@ PROGRESS_EVERY_S = 30.0
 _MAX_FETCH_BYTES = 64 * 1024 * 1024
 # What `mktemp -d` may answer; anything else is refused before it is used again.
 _REMOTE_TMP_RE = re.compile(r"/[A-Za-z0-9._/+-]*/llorch-gate\.[A-Za-z0-9]{6,}")
-MKTEMP_COMMAND = 'mktemp -d "${TMPDIR:-/tmp}/llorch-gate.XXXXXXXX"'  # constant: no user value
+# constant words, no user value; sh expands $TMPDIR there
+MKTEMP_WORDS = ("sh", "-c", 'mktemp -d "${TMPDIR:-/tmp}/llorch-gate.XXXXXXXX"')
 
 
 # --------------------------------------------------------------------------- pools
@@ -108,71 +111,21 @@ def pytest_words(pool: GatePool, tmp: str) -> list[str]:
     return words
 
 
-def run_command(pool: GatePool, tmp: str) -> str:
-    """`cd CHECKOUT && exec env K=V ... pytest ...`, every value quoted."""
-    env_words = [f"{k}={v}" for k, v in pool.config.env.items()]
-    q = shlex.quote
-    return (f"cd -- {q(pool.checkout)} && exec env "
-            + " ".join(q(w) for w in [*env_words, *pytest_words(pool, tmp)]))
+def run_words(pool: GatePool, tmp: str, env: dict[str, str] | None = None) -> list[str]:
+    """`env K=V ... pytest ...` as words; the transport runs them in the checkout."""
+    env = pool.config.env if env is None else env
+    return ["env", *(f"{k}={v}" for k, v in env.items()), *pytest_words(pool, tmp)]
 
 
 def display_run_command(pool: GatePool, tmp: str) -> str:
-    """The same command for people to read: secret-looking env values masked."""
-    masked = replace(pool.config, env=pool.config.redacted_env())
-    return run_command(GatePool(masked, pool.checkout), tmp)
+    """The command for people to read: secret-looking env values masked."""
+    words = run_words(pool, tmp, pool.config.redacted_env())
+    return (f"cd -- {shlex.quote(pool.checkout)} && "
+            + redaction.redact(shlex.join(words)))
 
 
 def result_stem(pool_name: str) -> str:
     return f"cp3-{pool_name}"
-
-
-# --------------------------------------------------------------------------- ssh
-
-
-@dataclass(frozen=True)
-class SshResult:
-    returncode: int
-    stdout: bytes
-    stderr: str
-
-
-class _Ssh:
-    """ssh with the harness's options to one pool; every process is ended before we return."""
-
-    def __init__(self, pool: GatePool, ssh: str = "ssh") -> None:
-        self.pool = pool
-        self.argv0 = [ssh, *RemotePool(pool.config, ssh=ssh).ssh_options(), "--",
-                      pool.config.host]
-
-    def run(self, command: str, *, timeout: float, stdout: IO[bytes] | None = None
-            ) -> SshResult:
-        proc = subprocess.Popen([*self.argv0, command], stdin=subprocess.DEVNULL,
-                                stdout=stdout if stdout is not None else subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            end_process(proc)
-            raise HarnessError(f"pool {self.pool.config.label()}: no answer within {timeout:g}s",
-                               "the command may still run there", exit_code=124) from None
-        except BaseException:
-            end_process(proc)
-            raise
-        out = out or b""
-        if len(out) > _MAX_FETCH_BYTES:
-            raise HarnessError(f"pool {self.pool.name}: answer larger than {_MAX_FETCH_BYTES} "
-                               "bytes")
-        return SshResult(proc.returncode, out, err.decode("utf-8", "replace"))
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    line = "".join(c for c in (lines[-1] if lines else "") if c.isprintable())
-    return line[:200]
-
-
-class Unreachable(Exception):
-    """ssh itself failed (status 255): the pool counts as missing."""
 
 
 # --------------------------------------------------------------------------- one pool
@@ -193,18 +146,34 @@ class PoolRun:
     gate_verdict: str | None = None
 
 
-def _check(res: SshResult, pool: GatePool, what: str) -> None:
-    if res.returncode == SSH_FAILED:
-        raise Unreachable(f"host {pool.config.host}: {_last_line(res.stderr) or 'ssh failed'}")
+def _check(res: RemoteResult, pool: GatePool, what: str) -> None:
     if res.returncode != 0:
         raise HarnessError(f"{what} failed on pool {pool.name} (exit {res.returncode}): "
-                           f"{_last_line(res.stderr)}")
+                           f"{last_line(res.stderr)}")
 
 
-def _fetch(ssh: _Ssh, remote: str, dest: Path) -> bool:
-    res = ssh.run(f"cat -- {shlex.quote(remote)}", timeout=STEP_TIMEOUT_S)
-    if res.returncode == SSH_FAILED:
-        raise Unreachable(f"host {ssh.pool.config.host}: {_last_line(res.stderr)}")
+def _make_tmp(conn: SshTransport, pool: GatePool) -> str:
+    """A fresh temp dir on the pool; an answer that is not one is refused before any use."""
+    res = conn.run(list(MKTEMP_WORDS), timeout=STEP_TIMEOUT_S)
+    _check(res, pool, "mktemp")
+    answer = res.stdout.decode("utf-8", "replace").strip()
+    if not _REMOTE_TMP_RE.fullmatch(answer):
+        raise HarnessError(f"unexpected answer from mktemp: {answer[:80]!r}")
+    return answer
+
+
+def _run_gate(conn: SshTransport, pool: GatePool, tmp: str, log: Path, timeout: float) -> int:
+    """pytest in the pool's checkout, its output into `log`; returns pytest's exit status."""
+    with log.open("wb") as fh:
+        fh.write(f"$ ssh {pool.config.host} {display_run_command(pool, tmp)}\n".encode())
+        fh.flush()
+        res = conn.run(run_words(pool, tmp), cwd=pool.checkout, timeout=timeout, stdout=fh)
+        fh.write(redaction.redact(res.stderr).encode())
+    return res.returncode
+
+
+def _fetch(conn: SshTransport, remote: str, dest: Path) -> bool:
+    res = conn.run(["cat", "--", remote], timeout=STEP_TIMEOUT_S, max_stdout=_MAX_FETCH_BYTES)
     if res.returncode != 0:
         return False
     atomic_write_bytes(dest, res.stdout)
@@ -218,27 +187,15 @@ def run_pool(pool: GatePool, out_dir: Path, *, timeout: float = DEFAULT_TIMEOUT_
     t0 = time.monotonic()
     stem = result_stem(pool.name)
     log = out_dir / f"{stem}.log"
-    conn = _Ssh(pool, ssh)
+    conn = SshTransport(pool.config, ssh=ssh)
     tmp: str | None = None
 
     def done(status: str, detail: str, **kw: object) -> PoolRun:
         return PoolRun(pool, status, detail, time.monotonic() - t0, log=log, **kw)  # type: ignore[arg-type]
 
     try:
-        res = conn.run(MKTEMP_COMMAND, timeout=STEP_TIMEOUT_S)
-        _check(res, pool, "mktemp")
-        answer = res.stdout.decode("utf-8", "replace").strip()
-        if not _REMOTE_TMP_RE.fullmatch(answer):
-            return done("error", f"unexpected answer from mktemp: {answer[:80]!r}")
-        tmp = answer
-        with log.open("wb") as fh:
-            fh.write(f"$ ssh {pool.config.host} {display_run_command(pool, tmp)}\n".encode())
-            fh.flush()
-            res = conn.run(run_command(pool, tmp), timeout=timeout, stdout=fh)
-            fh.write(res.stderr.encode())
-        if res.returncode == SSH_FAILED:
-            raise Unreachable(f"host {pool.config.host}: {_last_line(res.stderr)}")
-        pytest_exit = res.returncode
+        tmp = _make_tmp(conn, pool)
+        pytest_exit = _run_gate(conn, pool, tmp, log, timeout)
         json_path = out_dir / f"{stem}.json"
         if not _fetch(conn, f"{tmp}/{stem}.json", json_path):
             return done("no result", f"pytest exited {pytest_exit} and wrote no gate result "
@@ -248,8 +205,8 @@ def run_pool(pool: GatePool, out_dir: Path, *, timeout: float = DEFAULT_TIMEOUT_
         _fetch(conn, f"{tmp}/{stem}.xml", out_dir / f"{stem}.xml")
         return done("ok", f"pytest exited {pytest_exit}", pytest_exit=pytest_exit,
                     result_json=json_path, report_html=html_path if have_html else None)
-    except Unreachable as exc:
-        return done("unreachable", str(exc))
+    except PoolUnreachable as exc:
+        return done("unreachable", f"host {exc.host}: {exc.detail or 'ssh failed'}")
     except HarnessError as exc:
         return done("error", exc.one_line())
     except OSError as exc:
@@ -257,7 +214,7 @@ def run_pool(pool: GatePool, out_dir: Path, *, timeout: float = DEFAULT_TIMEOUT_
     finally:
         if tmp is not None:
             try:
-                conn.run(f"rm -rf -- {shlex.quote(tmp)}", timeout=STEP_TIMEOUT_S)
+                conn.run(["rm", "-rf", "--", tmp], timeout=STEP_TIMEOUT_S)
             except (HarnessError, OSError):
                 pass  # best effort: a pool gone mid-run keeps its temp dir
 

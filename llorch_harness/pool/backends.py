@@ -1,9 +1,11 @@
-"""Backend table and hardware detection.
+"""The one backend table, the one binary lookup, and hardware detection.
 
 The real workers are one binary per backend with its own device flag (see the
 contract), unlike the CP3 sketch's single `llorch-candled --backend X --gpu N`.
-`BACKENDS` is the ONE place that knows binary names and command lines; replace
-an entry (or the whole dict) to adapt the harness to another build.
+`BACKENDS` is the ONE place that knows backend names, binary names, device flags and
+which backends need a GPU; every list of backends in the harness (CLI choices, the pools
+file, the gate's markers and its order of preference) derives from it. Replace an entry
+(or the whole dict) to adapt the harness to another build.
 """
 
 from __future__ import annotations
@@ -26,11 +28,18 @@ _PROBE_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """How to start the worker of one backend: binary names (preferred first) and device flag."""
+    """One backend: its worker's binary names (preferred first), its device flag (None: no
+    device, the CPU), and what the gate prefers when one backend stands for the pool."""
 
     name: str
     binaries: tuple[str, ...]
     device_flag: str | None
+    preference: int  # lower first: a GPU backend speaks for a pool before the CPU does
+
+    @property
+    def gpu(self) -> bool:
+        """Does the backend run on a GPU (a device index, a pool of its own in CP3)?"""
+        return self.device_flag is not None
 
     def command(
         self, binary: str | Path, *, worker_id: str, model: str | Path, port: int,
@@ -47,10 +56,15 @@ class BackendSpec:
 
 
 BACKENDS: dict[str, BackendSpec] = {
-    "cpu": BackendSpec("cpu", ("llorch-cpu-candled", "llorch-candled"), None),
-    "cuda": BackendSpec("cuda", ("llorch-cuda-candled",), "--cuda-device"),
-    "metal": BackendSpec("metal", ("llorch-metal-candled",), "--metal-device"),
+    "cpu": BackendSpec("cpu", ("llorch-cpu-candled", "llorch-candled"), None, 2),
+    "cuda": BackendSpec("cuda", ("llorch-cuda-candled",), "--cuda-device", 1),
+    "metal": BackendSpec("metal", ("llorch-metal-candled",), "--metal-device", 0),
 }
+BACKEND_NAMES: tuple[str, ...] = tuple(BACKENDS)  # ("cpu", "cuda", "metal")
+GPU_BACKENDS: tuple[str, ...] = tuple(
+    sorted((n for n, s in BACKENDS.items() if s.gpu), key=lambda n: BACKENDS[n].preference))
+PREFERENCE: tuple[str, ...] = tuple(sorted(BACKENDS, key=lambda n: BACKENDS[n].preference))
+CPU = "cpu"  # the backend every machine has (the reference worker runs only there)
 
 
 def get_backend(name: str) -> BackendSpec:
@@ -74,8 +88,20 @@ def search_dirs(bin_dir: Path | str | None = None) -> list[Path]:
     return dirs
 
 
+def locate_binary(backend: str, dirs: Sequence[Path | str]) -> Path | None:
+    """The one binary lookup: the first of the backend's names in the first directory that
+    has one (directory order wins, the current name before the older one); None if absent."""
+    spec = get_backend(backend)
+    for d in dirs:
+        for name in spec.binaries:
+            found = shutil.which(name, path=str(Path(d).expanduser()))
+            if found:
+                return Path(found).absolute()
+    return None
+
+
 def find_binary(backend: str, bin_dir: Path | str | None = None) -> Path:
-    """The backend's binary; directory order wins, the current name before the older one."""
+    """The backend's binary in --llorch-bin-dir (else $LLORCH_BIN_DIR), then PATH."""
     spec = get_backend(backend)
     explicit = bin_dir if bin_dir not in (None, "") else os.environ.get(BIN_DIR_ENV)
     if explicit and not Path(explicit).expanduser().is_dir():
@@ -84,11 +110,9 @@ def find_binary(backend: str, bin_dir: Path | str | None = None) -> Path:
             f"fix --llorch-bin-dir or ${BIN_DIR_ENV}",
             exit_code=2,
         )
-    for d in search_dirs(bin_dir):
-        for name in spec.binaries:
-            found = shutil.which(name, path=str(d))
-            if found:
-                return Path(found).absolute()
+    found = locate_binary(backend, search_dirs(bin_dir))
+    if found is not None:
+        return found
     where = (f"{explicit} and PATH" if explicit
              else f"PATH (no --llorch-bin-dir, ${BIN_DIR_ENV} unset)")
     raise HarnessError(
@@ -133,6 +157,19 @@ def detect_backends() -> dict[str, str]:
     if _is_apple_silicon():
         found["metal"] = f"Apple Silicon macOS {platform.mac_ver()[0] or '?'}"
     return found
+
+
+def absent_reasons(found: dict[str, str] | None = None) -> dict[str, str | None]:
+    """Every backend: None when this machine has it, else why not (a skip reason's words)."""
+    found = detect_backends() if found is None else found
+    why_not = {
+        "cpu": "no CPU backend detected",
+        "cuda": ("no NVIDIA GPU visible (nvidia-smi not found)" if shutil.which("nvidia-smi")
+                 is None else "no NVIDIA GPU visible (nvidia-smi lists no GPU)"),
+        "metal": "not Apple Silicon macOS (Metal needs an arm64 Mac)",
+    }
+    return {name: None if name in found else why_not.get(name, f"{name}: not detected")
+            for name in BACKENDS}
 
 
 def _cpu_model() -> str:

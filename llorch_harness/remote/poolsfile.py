@@ -1,4 +1,4 @@
-"""The pools file (`pools.toml`) and the checks on every host and pool name.
+"""The pools file (`pools.toml`): every pool, its host, root, command, env and backends.
 
 A host or pool name ends up on an `ssh` command line, so it is validated here,
 strictly, before anything runs: a value ssh could read as an option
@@ -13,143 +13,35 @@ import shlex
 import stat
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from llorch_harness import redaction
 from llorch_harness.errors import HarnessError
+from llorch_harness.pool.backends import BACKEND_NAMES
 from llorch_harness.pool.paths import POOL_ROOT_ENV, printable, resolve_pool_root
+from llorch_harness.remote.hosts import (
+    USER_RE,
+    Destination,
+    normalize_remote_root,
+    parse_destination,
+    parse_port,
+    validate_pool_name,
+)
 
 POOLS_FILENAME = "pools.toml"
 MAX_POOLS_FILE_BYTES = 1024 * 1024
 SSH_CONFIG_ENV = "LLORCH_SSH_CONFIG"
 DEFAULT_LLORCH_POOL = "llorch-pool"
 DEFAULT_CONNECT_TIMEOUT = 10
-VALID_BACKENDS = ("cpu", "cuda", "metal")
+VALID_BACKENDS = BACKEND_NAMES  # the one backend table (pool/backends.py)
 
-_POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
-_IPV6_RE = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _TOP_KEYS = {"pools", "ssh_config", "connect_timeout"}
 _POOL_KEYS = {
     "host", "root", "llorch_pool", "backends", "env", "port", "ssh_config", "user",
     "connect_timeout", "checkout",
 }
-
-
-def is_secret_name(name: str) -> bool:
-    """Env names that look like credentials: their values are never printed (redaction.py)."""
-    return redaction.is_secret_name(name)
-
-
-@dataclass(frozen=True)
-class Destination:
-    """An ssh destination split into parts, so each goes to ssh as its own checked argument."""
-
-    host: str
-    user: str | None = None
-    port: int | None = None
-
-    def __str__(self) -> str:
-        return f"{self.user}@{self.host}" if self.user else self.host
-
-
-def parse_destination(text: str) -> Destination:
-    """`[user@]host[:port]` or `[user@][v6addr][:port]`; anything else is refused.
-
-    Only letters, digits, `._-`, one `@`, `:` and IPv6 brackets are allowed, and
-    no part may start with `-`, so ssh can never take a destination for an option.
-    """
-    bad = HarnessError(
-        f"invalid host {printable(text)}",
-        "use [user@]host[:port] with letters, digits, '.', '_', '-' (or [IPv6]); "
-        "no spaces, quotes or shell characters",
-        exit_code=2,
-    )
-    if not isinstance(text, str) or not text or len(text) > 300:
-        raise bad
-    if not re.fullmatch(r"[A-Za-z0-9._@:\[\]-]+", text) or text.startswith("-"):
-        raise bad
-    user: str | None = None
-    rest = text
-    if "@" in text:
-        user, _, rest = text.partition("@")
-        if not _USER_RE.fullmatch(user) or "@" in rest:
-            raise bad
-    port_text: str | None = None
-    if rest.startswith("["):
-        inner, sep, tail = rest[1:].partition("]")
-        if not sep or not _IPV6_RE.fullmatch(inner) or ":" not in inner:
-            raise bad
-        host = inner
-        if tail:
-            if not tail.startswith(":"):
-                raise bad
-            port_text = tail[1:]
-    elif rest.count(":") == 1:
-        host, _, port_text = rest.partition(":")
-    elif ":" in rest:
-        host = rest  # a bare IPv6 address: no port possible without brackets
-        if not _IPV6_RE.fullmatch(host):
-            raise bad
-    else:
-        host = rest
-    if "[" in host or "]" in host:
-        raise bad
-    if ":" not in host and not _HOSTNAME_RE.fullmatch(host):
-        raise bad
-    port = None
-    if port_text is not None:
-        port = _parse_port(port_text)
-        if port is None:
-            raise bad
-    return Destination(host=host, user=user, port=port)
-
-
-def _parse_port(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        if not value.isascii() or not value.isdigit():
-            return None
-        value = int(value)
-    if isinstance(value, int) and 1 <= value <= 65535:
-        return value
-    return None
-
-
-def validate_pool_name(name: str) -> str:
-    """Pool names are printed and matched against `--host`, so they stay plain words."""
-    if not isinstance(name, str) or not _POOL_NAME_RE.fullmatch(name):
-        raise HarnessError(
-            f"invalid pool name {printable(name)}",
-            "use letters, digits, '.', '_' and '-', starting with a letter or digit",
-            exit_code=2,
-        )
-    return name
-
-
-def normalize_remote_root(root: str) -> str:
-    """A remote pool root: absolute, or relative to the remote home (`~/x` means `x`).
-
-    The value is quoted on the way, so `~` would not expand there: translate it here.
-    """
-    if not isinstance(root, str) or not root.strip():
-        raise HarnessError("remote pool root must be a non-empty string", exit_code=2)
-    if any(ord(c) < 32 or ord(c) == 127 for c in root):
-        raise HarnessError(f"remote pool root {printable(root)} holds control characters",
-                           exit_code=2)
-    if root == "~":
-        return "."
-    if root.startswith("~/"):
-        root = root[2:] or "."
-    elif root.startswith("~"):
-        raise HarnessError(
-            f"remote pool root {printable(root)} uses ~user", "write the absolute path", exit_code=2
-        )
-    return str(PurePosixPath(root))
 
 
 @dataclass(frozen=True)
@@ -315,6 +207,24 @@ def _parse_pool(
     if unknown:
         raise _fail(path, f"{where}.{unknown[0]}",
                     f"unknown key (allowed: {', '.join(sorted(_POOL_KEYS))})")
+    return PoolConfig(  # checked in this order: the first problem is the one reported
+        name=name,
+        destination=_destination(path, where, body),
+        root=_remote_dir(path, where, body, "root"),
+        checkout=_remote_dir(path, where, body, "checkout"),
+        llorch_pool=_command(path, where, body),
+        backends=_backends(path, where, body),
+        env=_env(path, where, body),
+        ssh_config=_ssh_config(path, f"{where}.ssh_config", body.get("ssh_config"))
+        or default_cfg,
+        connect_timeout=_timeout(path, f"{where}.connect_timeout", body.get("connect_timeout"))
+        or default_timeout or DEFAULT_CONNECT_TIMEOUT,
+        source=path,
+    )
+
+
+def _destination(path: Path, where: str, body: dict[str, Any]) -> Destination:
+    """`host`, with `user` and `port` merged in (each may be given once)."""
     if "host" not in body:
         raise _fail(path, f"{where}.host", "missing (the ssh destination or ~/.ssh/config alias)")
     host = body["host"]
@@ -324,25 +234,23 @@ def _parse_pool(
         dest = parse_destination(host)
     except HarnessError as err:
         raise _fail(path, f"{where}.host", err.one_line()) from None
-
     user = body.get("user")
     if user is not None:
-        if not isinstance(user, str) or not _USER_RE.fullmatch(user):
+        if not isinstance(user, str) or not USER_RE.fullmatch(user):
             raise _fail(path, f"{where}.user", f"invalid user name {printable(user)}")
         if dest.user and dest.user != user:
             raise _fail(path, f"{where}.user", "conflicts with the user in 'host'")
     port = None
     if "port" in body:
-        port = _parse_port(body["port"]) if isinstance(body["port"], int) else None
+        port = parse_port(body["port"]) if isinstance(body["port"], int) else None
         if port is None:
             raise _fail(path, f"{where}.port", "must be an integer from 1 to 65535")
         if dest.port and dest.port != port:
             raise _fail(path, f"{where}.port", "conflicts with the port in 'host'")
-    dest = Destination(dest.host, user or dest.user, port or dest.port)
+    return Destination(dest.host, user or dest.user, port or dest.port)
 
-    root = _remote_dir(path, where, body, "root")
-    checkout = _remote_dir(path, where, body, "checkout")
 
+def _command(path: Path, where: str, body: dict[str, Any]) -> tuple[str, ...]:
     command = body.get("llorch_pool", DEFAULT_LLORCH_POOL)
     try:
         words = tuple(shlex.split(command)) if isinstance(command, str) else ()
@@ -350,12 +258,18 @@ def _parse_pool(
         raise _fail(path, f"{where}.llorch_pool", f"cannot split into words: {exc}") from None
     if not words:
         raise _fail(path, f"{where}.llorch_pool", "must be a non-empty command string")
+    return words
 
+
+def _backends(path: Path, where: str, body: dict[str, Any]) -> tuple[str, ...]:
     backends = body.get("backends", [])
     if not isinstance(backends, list) or any(b not in VALID_BACKENDS for b in backends):
         raise _fail(path, f"{where}.backends",
                     f"must be a list drawn from {', '.join(VALID_BACKENDS)}")
+    return tuple(backends)
 
+
+def _env(path: Path, where: str, body: dict[str, Any]) -> dict[str, str]:
     env = body.get("env", {})
     if not isinstance(env, dict):
         raise _fail(path, f"{where}.env", "must be a table of NAME = \"value\"")
@@ -364,21 +278,7 @@ def _parse_pool(
             raise _fail(path, f"{where}.env.{printable(key)}", "invalid variable name")
         if not isinstance(value, str) or "\0" in value:
             raise _fail(path, f"{where}.env.{key}", "must be a string")
-
-    cfg = _ssh_config(path, f"{where}.ssh_config", body.get("ssh_config")) or default_cfg
-    timeout = _timeout(path, f"{where}.connect_timeout", body.get("connect_timeout"))
-    return PoolConfig(
-        name=name,
-        destination=dest,
-        root=root,
-        checkout=checkout,
-        llorch_pool=words,
-        backends=tuple(backends),
-        env=dict(env),
-        ssh_config=cfg,
-        connect_timeout=timeout or default_timeout or DEFAULT_CONNECT_TIMEOUT,
-        source=path,
-    )
+    return dict(env)
 
 
 def _remote_dir(path: Path, where: str, body: dict[str, Any], key: str) -> str | None:
