@@ -44,6 +44,12 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no llorch binaries: embedded lab
 
 
+@pytest.fixture
+def gate_suite(pytester: pytest.Pytester) -> None:
+    """The test project declares itself a gate suite, as tests_hw/conftest.py does."""
+    pytester.makeconftest("llorch_gate_suite = True\n")
+
+
 # ------------------------------------------------------------------ plain functions
 
 
@@ -73,6 +79,38 @@ def test_selected_backends_from_markexpr():
     assert labs.selected_backends("cpu or cuda") == ["cpu", "cuda"]
     assert labs.selected_backends("not slow") == ["cpu", "cuda", "metal"]
     assert labs.selected_backends(None) == ["cpu", "cuda", "metal"]
+    assert labs.selected_backends("not cuda") == ["cpu", "metal"]
+    assert labs.selected_backends("(cpu or metal) and not slow") == ["cpu", "metal"]
+    assert labs.selected_backends('cuda(reason="x", n=1) or not (cpu or metal)') == ["cuda"]
+    # a broken expression is pytest's to report; the gate then selects every backend
+    assert labs.selected_backends("cpu and") == ["cpu", "cuda", "metal"]
+    assert labs.selected_backends("(cuda") == ["cpu", "cuda", "metal"]
+
+
+@pytest.mark.parametrize("expr", [
+    "cpu", "not cpu", "cpu and not slow", "cpu or cuda and metal", "not (cpu or cuda)",
+    "(cpu) and (slow or not remote)", "not not metal", "gate or cuda",
+    "a:b or cpu", "x-y.z/w[1] and not cpu",
+])
+def test_markexpr_agrees_with_pytest_deselection(pytester: pytest.Pytester, expr: str):
+    """Our `-m` evaluator against pytest's own: the same tests selected for each expression."""
+    from llorch_harness.plugin import markexpr
+
+    combos = [(), ("cpu",), ("cuda", "slow"), ("metal", "remote"), ("cpu", "cuda", "metal"),
+              ("gate",), ("a:b",), ("x-y.z/w[1]", "cpu"), ("slow",)]
+    lines = ["import pytest"]
+    for i, marks in enumerate(combos):
+        lines += [f"@pytest.mark.{m}" if m.isidentifier() else
+                  f"@getattr(pytest.mark, {m!r})" for m in marks]
+        lines += [f"def test_{i}():", "    pass"]
+    pytester.makepyfile("\n".join(lines))
+    res = pytester.runpytest_inprocess("-p", "no:llorch_harness", "-m", expr, "-q",
+                                       "--collect-only", "-p", "no:cacheprovider",
+                                       "-W", "ignore::pytest.PytestUnknownMarkWarning")
+    chosen = sorted(int(ln.split("test_")[-1]) for ln in res.outlines if "::test_" in ln)
+    ours = [i for i, marks in enumerate(combos)
+            if markexpr.evaluate(expr, lambda name, marks=marks: name in marks)]
+    assert chosen == ours
 
 
 def _fake_bin(tmp_path, name: str):
@@ -132,7 +170,7 @@ def test_redact_removes_secret_values():
 # ------------------------------------------------------------------ pytester (subprocess)
 
 
-def test_markers_registered_and_strict(pytester: pytest.Pytester, clean_env):
+def test_markers_registered_and_strict(pytester: pytest.Pytester, clean_env, gate_suite):
     pytester.makepyfile(BACKEND_TESTS)
     res = pytester.runpytest_subprocess("--strict-markers", "-rs", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=2, skipped=2)
@@ -145,7 +183,22 @@ def test_markers_registered_and_strict(pytester: pytest.Pytester, clean_env):
     res.stdout.fnmatch_lines(["*@pytest.mark.metal*", "*@pytest.mark.gate(section, item)*"])
 
 
-def test_unknown_gate_item_is_a_usage_error(pytester: pytest.Pytester, clean_env):
+def test_markers_registered_outside_a_gate_run(pytester: pytest.Pytester, clean_env):
+    """Another project may use the harness's markers with --strict-markers, gate or not."""
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.cpu
+        @pytest.mark.slow
+        def test_x():
+            pass
+    """)
+    res = pytester.runpytest_subprocess("--strict-markers", "-p", "no:cacheprovider")
+    res.assert_outcomes(passed=1)
+    assert "LAB" not in res.stdout.str()
+
+
+def test_unknown_gate_item_is_a_usage_error(pytester: pytest.Pytester, clean_env, gate_suite):
     pytester.makepyfile("""
         import pytest
         @pytest.mark.gate("Qwen Testing", "Tokens are generated (typo)")
@@ -176,13 +229,13 @@ def test_backend_available_with_binary_makes_real_lab(pytester: pytest.Pytester,
                                                       tmp_path):
     pytester.makepyfile(BACKEND_TESTS)
     bindir = _fake_bin(tmp_path, "llorch-cuda-candled")
-    res = pytester.runpytest_subprocess("--backend-available", "cuda", "--llorch-bin-dir",
-                                        str(bindir), "-m", "cuda", "-p", "no:cacheprovider")
+    res = pytester.runpytest_subprocess("--backend-available", "cuda", f"--llorch-bin-dir={bindir}",
+                                        "-m", "cuda", "-p", "no:cacheprovider")
     res.assert_outcomes(passed=1, deselected=3)
     res.stdout.fnmatch_lines(["*REAL LAB: llorch-cuda-candled*sha256*"])
 
 
-def test_no_tests_collected_keeps_exit_5(pytester: pytest.Pytester, clean_env):
+def test_no_tests_collected_keeps_exit_5(pytester: pytest.Pytester, clean_env, gate_suite):
     pytester.makepyfile(BACKEND_TESTS)
     res = pytester.runpytest_subprocess("-m", "nothing_has_this", "-p", "no:cacheprovider")
     assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED

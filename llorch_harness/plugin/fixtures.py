@@ -1,8 +1,9 @@
 """Session-scoped fixtures of the gate: lab, pool, catalog, hub, downloaded model, workers.
 
-Why here and not in a conftest: the plugin is installed through the `pytest11` entry point,
-so `pytest -m metal` works in any checkout. Plain helpers (session markers, the dead-session
-sweep, the worker factory) live at module level so they can be tested without pytest.
+Why here and not in a conftest: the plugin registers this module once a run turns out to
+be a gate run (plugin/activation.py), so the gate works in any checkout and costs other
+pytest runs nothing. Plain helpers (the worker factory, the model fetch) live at module
+level so they can be tested without pytest.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import contextlib
 import io
 import json
 import os
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-import psutil
 import pytest
 from filelock import FileLock
 
@@ -28,164 +27,17 @@ from llorch_harness.errors import HarnessError
 from llorch_harness.plugin.labs import LabDecision, device_group
 from llorch_harness.pool import procs
 
-SESSION_PREFIX = "pytest:"
+if TYPE_CHECKING:
+    from llorch_harness.checks.agreement import ReferenceRunner
+    from llorch_harness.lab.hub import LocalHub
+    from llorch_harness.pool.catalog import Catalog, ModelEntry
+    from llorch_harness.pool.paths import PoolPaths
+    from llorch_harness.pool.workers import StopResult, WorkerHandle
+
 LAB_KEY = pytest.StashKey[LabDecision]()
 RECORD_KEY = pytest.StashKey[dict[str, Any]]()
-
-
-# --------------------------------------------------------------------------- session marker
-
-
-def session_marker(pid: int | None = None) -> str:
-    """`pytest:<pid>:<create_time>` of the controlling pytest: identity survives pid reuse."""
-    proc = psutil.Process(pid or os.getpid())
-    return f"{SESSION_PREFIX}{proc.pid}:{proc.create_time():.2f}"
-
-
-def session_alive(marker: str | None) -> bool | None:
-    """True/False for a marker of ours, None for anything else (never ours to judge)."""
-    if not marker or not marker.startswith(SESSION_PREFIX):
-        return None
-    try:
-        pid_s, ctime_s = marker[len(SESSION_PREFIX):].split(":", 1)
-        pid, ctime = int(pid_s), float(ctime_s)
-    except ValueError:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if procs.is_gone(proc):
-            return False
-        return abs(proc.create_time() - ctime) < procs.CREATE_TIME_TOLERANCE_S
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # cannot tell: leave it alone
-
-
-PoolRoots = Callable[[str], bool] | Iterable[str | os.PathLike[str]]
-
-
-def sweep_dead_sessions(pool_roots: PoolRoots = (), grace: float = 2.0) -> list[int]:
-    """Stop workers of our own dead earlier sessions (a SIGKILLed run), proven first.
-
-    A marker in a process's environment is only a claim: anyone can set it. A process
-    is signalled only when all of this holds (see proven_leftover):
-    - its marker names a `pytest:` session that is dead;
-    - the pool root it names is one this session may touch (`pool_roots`: the pool root
-      in use, see sweep_scope), and its worker id is a valid id;
-    - that pool holds the worker's record, and the record names the same worker, pool
-      and session, with the process's own pid and create time (or the process was born
-      after the recorded worker: one of its children).
-    Anything else (no record, a record that disagrees, another pool) is left alone; a
-    worker of a live session (another run on the same machine) is never touched.
-    """
-    from llorch_harness.pool import workers
-    from llorch_harness.pool.paths import PoolPaths
-
-    allowed = _root_filter(pool_roots)
-    stopped: list[int] = []
-    for m in procs.marked_processes():
-        if session_alive(m.session) is not False or not allowed(m.pool_root):
-            continue
-        if not proven_leftover(m):
-            continue
-        pid = m.proc.pid
-        try:
-            res = workers.stop_worker(PoolPaths(Path(m.pool_root)), m.worker_id, grace=grace)
-            if res.step in ("already_dead", "stale_record") and not procs.is_gone(m.proc):
-                procs.stop_ladder(m.proc, grace=grace)  # a proven child left behind
-        except Exception:  # a start-up sweep must never stop the run
-            continue
-        stopped.append(pid)
-    return stopped
-
-
-def proven_leftover(m: procs.Marked) -> bool:
-    """Does the pool's record of m.worker_id vouch for this marked process?"""
-    from llorch_harness.errors import HarnessError
-    from llorch_harness.pool import workers
-    from llorch_harness.pool.paths import PoolPaths
-
-    paths = PoolPaths(Path(m.pool_root))
-    try:
-        rec = workers.read_record(workers.record_path(paths, m.worker_id))
-    except (FileNotFoundError, HarnessError, OSError):
-        return False
-    ctime = rec.get("create_time")
-    if (rec.get("worker_id") != m.worker_id or rec.get("pool_root") != m.pool_root
-            or rec.get("session") != m.session or not m.session
-            or isinstance(ctime, bool) or not isinstance(ctime, int | float)):
-        return False
-    try:
-        born = m.proc.create_time()
-    except psutil.Error:
-        return False
-    if rec.get("pid") == m.proc.pid:
-        return abs(born - float(ctime)) <= procs.CREATE_TIME_TOLERANCE_S
-    return born >= float(ctime) - procs.CREATE_TIME_TOLERANCE_S
-
-
-def _root_filter(pool_roots: PoolRoots) -> Callable[[str], bool]:
-    if callable(pool_roots):
-        return pool_roots
-    keys = {procs.pool_key(r) for r in pool_roots}
-    return keys.__contains__
-
-
-def sweep_scope(lab: LabDecision, basetemp: str | os.PathLike[str] | None = None
-                ) -> Callable[[str], bool]:
-    """The pool roots a session's start-up sweep may touch: the pool root it uses, and in
-    the embedded lab without --pool-root, the fresh pools that earlier runs made under this
-    user's pytest temp directory (`pytest-of-USER/pytest-N/pool`, or BASETEMP/pool)."""
-    from llorch_harness.errors import HarnessError
-    from llorch_harness.pool.paths import resolve_pool_root
-
-    exact: set[str] = set()
-    temp_parent: Path | None = None
-    if lab.pool_root:
-        exact.add(procs.pool_key(lab.pool_root))
-    elif lab.lab == "embedded":
-        if basetemp:
-            exact.add(procs.pool_key(Path(basetemp) / "pool"))
-        else:
-            temp_parent = pytest_temp_root()
-    else:
-        with contextlib.suppress(HarnessError, OSError):
-            exact.add(procs.pool_key(resolve_pool_root(None)))
-
-    def allowed(pool_root: str) -> bool:
-        if pool_root in exact:
-            return True
-        if temp_parent is None:
-            return False
-        p = Path(pool_root)
-        return (p.name == "pool" and p.parent.parent == temp_parent
-                and re.fullmatch(r"pytest-\d+", p.parent.name) is not None)
-
-    return allowed
-
-
-def pytest_temp_root() -> Path | None:
-    """pytest's per-user temp root (`$TMP/pytest-of-USER`), computed as pytest does."""
-    import getpass
-    import tempfile
-
-    try:
-        user = getpass.getuser()
-    except (ImportError, OSError, KeyError):
-        return None
-    base = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
-    safe_user = re.sub(r"[\W]", "_", user)
-    return Path(base).resolve() / f"pytest-of-{safe_user}"
-
-
-def install_session_marker() -> str:
-    """Set the marker in our environment so every worker (and xdist worker) inherits it."""
-    marker = os.environ.get(procs.SESSION_ENV)
-    if session_alive(marker) is not True:
-        marker = session_marker()
-        os.environ[procs.SESSION_ENV] = marker
-    return marker
+# the backend a test runs on (None: no backend marker, or it does not run)
+BACKEND_KEY = pytest.StashKey[str | None]()
 
 
 # --------------------------------------------------------------------------- paths
@@ -244,7 +96,7 @@ class GateModel:
                 for n, r in sorted(self.files.items())}
 
 
-def record_download(paths: Any, entry: dict[str, Any]) -> None:
+def record_download(paths: PoolPaths, entry: dict[str, Any]) -> None:
     """One JSON line per process that asked for the model: the evidence of download-once."""
     log = paths.runtime_dir / "gate" / "downloads.jsonl"
     paths.writable_dir(log.parent)  # no symlinked directory under the pool root
@@ -252,8 +104,8 @@ def record_download(paths: Any, entry: dict[str, Any]) -> None:
         fh.write(json.dumps(entry) + "\n")
 
 
-def fetch_gate_model(paths: Any, model_id: str, endpoint: str | None,
-                     hub: Any = None) -> GateModel:
+def fetch_gate_model(paths: PoolPaths, model_id: str, endpoint: str | None,
+                     hub: LocalHub | None = None) -> GateModel:
     from llorch_harness.pool.download import download_model
 
     buf = io.StringIO()
@@ -273,16 +125,24 @@ def fetch_gate_model(paths: Any, model_id: str, endpoint: str | None,
 
 # --------------------------------------------------------------------------- workers
 
-_TRACKED: dict[int, Any] = {}
+
+
+class Stoppable(Protocol):
+    """What the atexit and teardown safety net needs of a worker: a way to stop it."""
+
+    def stop(self, grace: float = ...) -> object: ...
+
+
+_TRACKED: dict[int, Stoppable] = {}
 _TRACKED_LOCK = threading.Lock()
 
 
-def _track(handle: Any) -> None:
+def _track(handle: Stoppable) -> None:
     with _TRACKED_LOCK:
         _TRACKED[id(handle)] = handle
 
 
-def _untrack(handle: Any) -> None:
+def _untrack(handle: Stoppable) -> None:
     with _TRACKED_LOCK:
         _TRACKED.pop(id(handle), None)
 
@@ -306,11 +166,11 @@ class WorkerFactory:
     """Spawns workers of the lab's kind; one live worker per (backend, gpu) is shared."""
 
     lab: LabDecision
-    paths: Any
+    paths: PoolPaths
     model_id: str
     gate_model: GateModel | None = None  # for the model files' hashes in every report
-    live_workers: dict[tuple[str, int], Any] = field(default_factory=dict)
-    spawned: list[Any] = field(default_factory=list)
+    live_workers: dict[tuple[str, int], WorkerHandle] = field(default_factory=dict)
+    spawned: list[WorkerHandle] = field(default_factory=list)
 
     def worker_kind(self, backend: str) -> str:
         st = self.lab.backends[backend]
@@ -322,7 +182,8 @@ class WorkerFactory:
         return f"{tag}-{backend}-{gpu}-{xdist_worker_name() or 'main'}"
 
     def spawn(self, backend: str, gpu: int = 0, *, worker_id: str | None = None,
-              ready_timeout: float | None = None, extra_env: dict[str, str] | None = None) -> Any:
+              ready_timeout: float | None = None, extra_env: dict[str, str] | None = None,
+              ) -> WorkerHandle:
         """A fresh worker, stopped at session end at the latest (the test may stop it first)."""
         from llorch_harness.pool.workers import spawn_worker
 
@@ -332,13 +193,14 @@ class WorkerFactory:
             bin_dir=self.lab.settings.bin_dir,
             ready_timeout=ready_timeout or self.lab.settings.ready_timeout,
             extra_env=extra_env, worker_id=worker_id or self.default_id(backend, gpu, "spawn"),
-            die_with_parent=True,
+            die_with_parent=True, lease_dir=self.lab.settings.lease_dir,
+            lease_wait=self.lab.settings.lease_wait,
         )
         _track(handle)
         self.spawned.append(handle)
         return handle
 
-    def live(self, backend: str, gpu: int = 0) -> Any:
+    def live(self, backend: str, gpu: int = 0) -> WorkerHandle:
         """The shared worker for (backend, gpu); respawned if it died."""
         key = (backend, gpu)
         handle = self.live_workers.get(key)
@@ -350,7 +212,7 @@ class WorkerFactory:
         self.live_workers[key] = handle
         return handle
 
-    def restart(self, backend: str, gpu: int = 0) -> Any:
+    def restart(self, backend: str, gpu: int = 0) -> WorkerHandle:
         """Stop the live worker and start it again (same id, same model)."""
         key = (backend, gpu)
         old = self.live_workers.pop(key, None)
@@ -358,7 +220,7 @@ class WorkerFactory:
             self.stop(old)
         return self.live(backend, gpu)
 
-    def stop(self, handle: Any, grace: float | None = None) -> Any:
+    def stop(self, handle: WorkerHandle, grace: float | None = None) -> StopResult:
         """SIGINT with a grace longer than a generation (workers.STOP_GRACE_S)."""
         from llorch_harness.pool.workers import STOP_GRACE_S
 
@@ -376,7 +238,7 @@ class WorkerFactory:
         self.spawned.clear()
 
 
-def worker_facts(handle: Any, gate_model: GateModel | None = None) -> dict[str, Any]:
+def worker_facts(handle: WorkerHandle, gate_model: GateModel | None = None) -> dict[str, Any]:
     """What a report needs to know about the worker a result came from."""
     from llorch_harness.pool.backends import device_info
 
@@ -389,7 +251,7 @@ def worker_facts(handle: Any, gate_model: GateModel | None = None) -> dict[str, 
         "log_path": str(handle.log_path),
         "ready_seconds": handle.ready_seconds,
         "vram_bytes": handle.vram_bytes,
-        "device": device_info(handle.backend, getattr(handle, "gpu", 0)),
+        "device": device_info(handle.backend, handle.gpu),
     }
     if gate_model is not None:
         facts["model"] = gate_model.model_id
@@ -407,7 +269,7 @@ def lab(request: pytest.FixtureRequest) -> LabDecision:
 
 
 @pytest.fixture(scope="session")
-def pool_paths(lab: LabDecision, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def pool_paths(lab: LabDecision, tmp_path_factory: pytest.TempPathFactory) -> PoolPaths:
     from llorch_harness.pool.paths import PoolPaths
 
     return PoolPaths.at(default_pool_root(lab, tmp_path_factory))
@@ -417,24 +279,25 @@ def pool_paths(lab: LabDecision, tmp_path_factory: pytest.TempPathFactory) -> An
 class PoolCatalog:
     """The pool's catalog, read fresh on every call (other processes update it)."""
 
-    paths: Any
+    paths: PoolPaths
 
-    def load(self) -> Any:
+    def load(self) -> Catalog:
         from llorch_harness.pool.catalog import read_catalog
 
         return read_catalog(self.paths)
 
-    def entry(self, model_id: str) -> Any:
+    def entry(self, model_id: str) -> ModelEntry | None:
         return self.load().find(model_id)
 
 
 @pytest.fixture(scope="session")
-def catalog(pool_paths: Any) -> PoolCatalog:
+def catalog(pool_paths: PoolPaths) -> PoolCatalog:
     return PoolCatalog(pool_paths)
 
 
 @pytest.fixture(scope="session")
-def hub(lab: LabDecision, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def hub(lab: LabDecision, tmp_path_factory: pytest.TempPathFactory,
+        ) -> Iterator[LocalHub | None]:
     """A local hub serving the embedded model; None when the gate model is a real hub model."""
     if not is_embedded_model(lab.gate_model):
         yield None
@@ -454,14 +317,15 @@ def hub(lab: LabDecision, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def downloaded_model(lab: LabDecision, pool_paths: Any, hub: Any) -> GateModel:
+def downloaded_model(lab: LabDecision, pool_paths: PoolPaths, hub: LocalHub | None,
+                     ) -> GateModel:
     """The gate model, downloaded and verified once per pool (the download lock spans xdist)."""
     endpoint = hub.url if hub is not None else None
     return fetch_gate_model(pool_paths, lab.gate_model, endpoint, hub)
 
 
 @pytest.fixture(scope="session")
-def worker_factory(lab: LabDecision, pool_paths: Any,
+def worker_factory(lab: LabDecision, pool_paths: PoolPaths,
                    downloaded_model: GateModel) -> Iterator[WorkerFactory]:
     factory = WorkerFactory(lab, pool_paths, downloaded_model.model_id, downloaded_model)
     try:
@@ -471,7 +335,8 @@ def worker_factory(lab: LabDecision, pool_paths: Any,
 
 
 @pytest.fixture(scope="session")
-def reference_runner(lab: LabDecision, pool_paths: Any, downloaded_model: GateModel) -> Any:
+def reference_runner(lab: LabDecision, pool_paths: PoolPaths, downloaded_model: GateModel,
+                     ) -> ReferenceRunner | None:
     """The independent reference for the gate model (None with --reference off): loaded once
     per process, its greedy outputs cached in the pool root for every backend and rerun."""
     from llorch_harness.checks.agreement import ReferenceRunner
@@ -500,10 +365,10 @@ def gate_record(request: pytest.FixtureRequest) -> dict[str, Any]:
 @pytest.fixture
 def gate_backend(request: pytest.FixtureRequest) -> str:
     """The backend this test runs on (its backend marker, or the primary one)."""
-    backend = getattr(request.node, "_llorch_backend", None)
+    backend: str | None = request.node.stash.get(BACKEND_KEY, None)
     if backend is None:
         pytest.skip("test has no backend marker and no usable backend")
-    return str(backend)
+    return backend
 
 
 def note_log(record: dict[str, Any], path: str | Path) -> None:

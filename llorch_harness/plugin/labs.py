@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,20 +17,15 @@ from typing import Any
 
 from llorch_harness import __version__, redaction
 from llorch_harness.checks.referencecfg import DEFAULT_DELTA, DEFAULT_TOP_K, REFERENCE_CHOICES
+from llorch_harness.pool import backends
 
-BACKEND_ORDER: tuple[str, ...] = ("metal", "cuda", "cpu")  # preference for pool-level items
+BACKEND_ORDER: tuple[str, ...] = backends.PREFERENCE  # for pool-level items: GPUs first
 LAB_CHOICES: tuple[str, ...] = ("auto", "embedded", "real")
 REAL_GATE_MODEL = "qwen-0.5b"
 EMBEDDED_GATE_MODEL = "tiny-qwen"
 DEFAULT_READY_TIMEOUT_S = 120.0
 DEFAULT_GOLDEN_MIN_PREFIX = 8
 
-# Binary names per backend, mirrored from backends.BACKENDS (which wins when importable).
-_FALLBACK_BINARIES: dict[str, tuple[str, ...]] = {
-    "cpu": ("llorch-cpu-candled", "llorch-candled"),
-    "cuda": ("llorch-cuda-candled",),
-    "metal": ("llorch-metal-candled",),
-}
 
 
 # --------------------------------------------------------------------------- options
@@ -83,6 +77,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "llama-orch checkout for the Code Quality items (cargo fmt/clippy, signatures, "
                "docs)",
                metavar="DIR"),
+    OptionSpec("--llorch-base", "llorch_base", "LLORCH_BASE",
+               "commit the checkpoint's work started from: signatures and guides must be in "
+               "what base..HEAD added (default: the merge base of HEAD and its upstream)",
+               metavar="REF"),
+    OptionSpec("--cargo-offline", "llorch_cargo_offline", "LLORCH_CARGO_OFFLINE",
+               "run cargo fmt/clippy offline (dependencies from the cargo cache or a vendored "
+               "registry)", kind="bool"),
     OptionSpec("--pool-host", "llorch_pool_hosts", "LLORCH_POOL_HOSTS",
                "pool host (or pools.toml name) for the Remote Operations items (repeatable; "
                "env: comma list)", kind="list", metavar="HOST"),
@@ -101,9 +102,21 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--reference-top-k", "llorch_reference_top_k", "LLORCH_REFERENCE_TOP_K",
                f"a worker token must also be among the reference's top K (default {DEFAULT_TOP_K})",
                kind="int", metavar="K"),
+    OptionSpec("--lease-dir", "llorch_lease_dir", "LLORCH_LEASE_DIR",
+               "host-wide directory of GPU leases shared by every run and pool root on this "
+               "host (default /tmp/llorch-harness-leases)", metavar="DIR"),
+    OptionSpec("--lease-wait", "llorch_lease_wait", "LLORCH_LEASE_WAIT",
+               "seconds to wait for a GPU another run holds before its items fail (default 60)",
+               kind="float", metavar="S"),
+    OptionSpec("--results-db", "llorch_results_db", "LLORCH_RESULTS_DB",
+               "performance results store (SQLite) every gate run appends to and compares "
+               "with (default .runtime/gate/results.sqlite in the pool root)", metavar="PATH"),
+    OptionSpec("--no-perf-gate", "llorch_no_perf_gate", "LLORCH_NO_PERF_GATE",
+               "skip the \"No performance regression\" item (shown as skipped): no "
+               "performance is measured, recorded or compared", kind="bool"),
 )
 
-BACKEND_NAMES: tuple[str, ...] = ("cpu", "cuda", "metal")
+BACKEND_NAMES: tuple[str, ...] = backends.BACKEND_NAMES  # the one table: pool/backends.py
 
 
 class OptionError(ValueError):
@@ -179,12 +192,18 @@ class Settings:
     update_golden: bool = False
     ready_timeout: float = DEFAULT_READY_TIMEOUT_S
     llorch_repo: str | None = None
+    llorch_base: str | None = None
+    cargo_offline: bool = False
     pool_hosts: list[str] = field(default_factory=list)
     gate_json: str | None = None
     golden_min_prefix: int = DEFAULT_GOLDEN_MIN_PREFIX
     reference: str = "auto"
     reference_delta: float = DEFAULT_DELTA
     reference_top_k: int = DEFAULT_TOP_K
+    results_db: str | None = None
+    no_perf_gate: bool = False
+    lease_dir: str | None = None
+    lease_wait: float | None = None
 
 
 _SETTING_FOR_DEST = {
@@ -192,9 +211,12 @@ _SETTING_FOR_DEST = {
     "llorch_pool_root": "pool_root", "llorch_backend_available": "backend_available",
     "llorch_require_backend": "require_backend", "llorch_update_golden": "update_golden",
     "llorch_ready_timeout": "ready_timeout", "llorch_repo": "llorch_repo",
+    "llorch_base": "llorch_base", "llorch_cargo_offline": "cargo_offline",
     "llorch_pool_hosts": "pool_hosts", "llorch_gate_json": "gate_json",
     "llorch_golden_min_prefix": "golden_min_prefix", "llorch_reference": "reference",
     "llorch_reference_delta": "reference_delta", "llorch_reference_top_k": "reference_top_k",
+    "llorch_results_db": "results_db", "llorch_no_perf_gate": "no_perf_gate",
+    "llorch_lease_dir": "lease_dir", "llorch_lease_wait": "lease_wait",
 }
 
 
@@ -218,42 +240,17 @@ def resolve_settings(
 
 def detect_hardware() -> dict[str, str | None]:
     """backend -> None when present, else why not (the words of the skip reason)."""
-    try:
-        from llorch_harness.pool.backends import detect_backends
-
-        found = detect_backends()
-    except ImportError:  # pragma: no cover - backends.py is part of the package
-        found = {"cpu": "always"}
-    out: dict[str, str | None] = {"cpu": None}
-    if "cuda" in found:
-        out["cuda"] = None
-    elif shutil.which("nvidia-smi") is None:
-        out["cuda"] = "no NVIDIA GPU visible (nvidia-smi not found)"
-    else:
-        out["cuda"] = "no NVIDIA GPU visible (nvidia-smi lists no GPU)"
-    out["metal"] = (None if "metal" in found
-                    else "not Apple Silicon macOS (Metal needs an arm64 Mac)")
-    return out
+    return backends.absent_reasons()
 
 
 def binary_names(backend: str) -> tuple[str, ...]:
-    try:
-        from llorch_harness.pool.backends import BACKENDS
-
-        return tuple(BACKENDS[backend].binaries)
-    except (ImportError, KeyError, AttributeError):
-        return _FALLBACK_BINARIES[backend]
+    return backends.BACKENDS[backend].binaries
 
 
 def find_backend_binary(backend: str, bin_dir: str | None, path_env: str | None) -> Path | None:
-    """First of the backend's binary names in bin_dir, then PATH; None when absent."""
+    """First of the backend's binary names in bin_dir, then PATH (backends.locate_binary)."""
     dirs = ([bin_dir] if bin_dir else []) + [d for d in (path_env or "").split(os.pathsep) if d]
-    for d in dirs:
-        for name in binary_names(backend):
-            found = shutil.which(name, path=str(Path(d).expanduser()))
-            if found:
-                return Path(found).absolute()
-    return None
+    return backends.locate_binary(backend, dirs)
 
 
 def sha256_of(path: Path) -> str | None:
@@ -282,6 +279,7 @@ class BackendState:
     binary_sha256: str | None = None
     worker: str = ""  # "llorch" | "reference" | "" (none)
     reason: str | None = None  # why it cannot run (None: usable)
+    engine: str = ""  # the reference worker's engine and device: "numpy on cpu", "torch on mps"
 
     @property
     def usable(self) -> bool:
@@ -353,16 +351,12 @@ def selected_backends(markexpr: str | None) -> list[str]:
     """Backends a `-m` expression can select; all when it names none of them."""
     if not markexpr or not markexpr.strip():
         return list(BACKEND_NAMES)
+    from llorch_harness.plugin import markexpr as mx
+
     try:
-        from _pytest.mark.expression import Expression
-
-        expr = Expression.compile(markexpr)
-    except Exception:  # a broken -m is pytest's to report
+        chosen = [b for b in BACKEND_NAMES if mx.evaluate(markexpr, b.__eq__)]
+    except mx.ExpressionError:  # a broken -m is pytest's to report
         return list(BACKEND_NAMES)
-    def selects(backend: str) -> bool:
-        return expr.evaluate(lambda name, /, **kw: name == backend)
-
-    chosen = [b for b in BACKEND_NAMES if selects(b)]
     return chosen or list(BACKEND_NAMES)
 
 
@@ -373,8 +367,11 @@ def decide(
     hardware: Mapping[str, str | None] | None = None,
     path_env: str | None = None,
     hostname: str | None = None,
+    torch_devices: Mapping[str, str | None] | None = None,
 ) -> LabDecision:
-    """Resolve the lab and every backend's state. Deterministic for the same inputs."""
+    """Resolve the lab and every backend's state. Deterministic for the same inputs.
+    `torch_devices`: backend -> None when the reference worker's torch engine can run it,
+    else why not (default: asked of torch, only for a GPU backend the embedded lab has)."""
     hw = dict(hardware if hardware is not None else detect_hardware())
     selected = selected_backends(markexpr)
     path_env = os.environ.get("PATH", "") if path_env is None else path_env
@@ -407,11 +404,14 @@ def decide(
         if not st.hardware:
             st.reason = (f"{st.name}: {st.hardware_reason}; pass --backend-available {st.name} "
                          "to override")
-        elif lab == "embedded" and st.name != "cpu":
+        elif lab == "embedded" and st.name != "cpu" and (
+                why := torch_reason(st.name, torch_devices)) is not None:
             st.reason = (f"embedded lab has no {st.name} worker: install "
                          f"{binary_names(st.name)[0]} or pass --llorch-bin-dir")
+            notes.append(f"{st.name}: the reference worker's torch engine cannot run it: {why}")
         elif lab == "embedded":
             st.worker = "reference"
+            st.engine = "numpy on cpu" if st.name == "cpu" else f"torch on {TORCH_DEVICE[st.name]}"
         elif st.binary:
             st.worker = "llorch"
             st.binary_sha256 = sha256_of(Path(st.binary))
@@ -430,6 +430,19 @@ def decide(
         hostname=hostname or socket.gethostname(), harness_version=__version__,
         backends=states, settings=settings, notes=notes,
     )
+
+
+TORCH_DEVICE = {"cuda": "cuda:0", "metal": "mps"}  # the device the gate's workers use
+
+
+def torch_reason(backend: str, known: Mapping[str, str | None] | None = None) -> str | None:
+    """None when torch sees the backend's device here (the embedded lab then runs its items
+    with the reference worker's torch engine), else why not."""
+    if known is not None:
+        return known.get(backend, f"{backend}: not probed")
+    from llorch_harness.pool.torchdevice import device_usable  # imports torch: only now
+
+    return device_usable(TORCH_DEVICE[backend])
 
 
 # --------------------------------------------------------------------------- per item

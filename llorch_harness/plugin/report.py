@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import io
 import json
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from llorch_harness.gate.checklist import CHECKPOINT
 from llorch_harness.redaction import is_secret_name, redact, secret_values
@@ -26,6 +27,7 @@ LOG_TAIL_LINES = 60
 _STATUS_STYLE = {
     "pass": ("PASS", "#1a7f37"),
     "fail": ("FAIL", "#cf222e"),
+    "error": ("ERROR", "#bc4c00"),  # could not check (cargo offline, no git range)
     "skip": ("SKIP", "#9a6700"),
     "xfail": ("XFAIL", "#9a6700"),
     "not run": ("NOT RUN", "#57606a"),
@@ -51,6 +53,8 @@ def harness_metadata(lab: Mapping[str, Any]) -> dict[str, str]:
         if st.get("binary"):
             rows[f"{HARNESS_PREFIX}{name} binary"] = (
                 f"{st['binary']} sha256 {st.get('binary_sha256')}")
+        if st.get("engine"):  # which engine and device served the backend (embedded lab)
+            rows[f"{HARNESS_PREFIX}{name} worker"] = f"{st.get('worker')}, {st['engine']}"
     return rows
 
 
@@ -75,6 +79,16 @@ def banner_html(banner: str, lab: str) -> str:
     )
 
 
+def unchecked_note(rollup: list[dict[str, Any]]) -> str:
+    """What the verdict line adds when items could not be checked (they are not failures)."""
+    rows = [r for r in rollup if r["status"] == "error"]
+    if not rows:
+        return ""
+    return " (" + "; ".join(
+        f"{r['item']}: {r['reasons'][0] if r['reasons'] else 'could not check'}"
+        for r in rows) + ")"
+
+
 def checklist_html(rollup: list[dict[str, Any]], verdict: str) -> str:
     """The CP3 checklist, seed order, with status, backends and skip/fail reasons."""
     label, color = _STATUS_STYLE.get(verdict, (verdict.upper(), "#57606a"))
@@ -83,6 +97,9 @@ def checklist_html(rollup: list[dict[str, Any]], verdict: str) -> str:
         f"<h2>{CHECKPOINT} gate checklist — verdict: "
         f'<span style="color:{color}">{_esc(label)}</span></h2>',
     ]
+    note = unchecked_note(rollup)
+    if note:
+        parts.append(f'<p class="llorch-unchecked">{_esc("not checked" + note)}</p>')
     section = None
     for row in rollup:
         if row["section"] != section:
@@ -118,7 +135,7 @@ def terminal_checklist(rollup: list[dict[str, Any]], verdict: str) -> list[str]:
         extra = "" if row["seed"] else " (extra)"
         why = f"  [{row['reasons'][0]}]" if row["reasons"] and row["status"] != "pass" else ""
         lines.append(redact(f"  {label:<7} {row['item']}{extra}{why}"))
-    lines.append(f"{CHECKPOINT} gate verdict: {verdict.upper()}")
+    lines.append(redact(f"{CHECKPOINT} gate verdict: {verdict.upper()}{unchecked_note(rollup)}"))
     return lines
 
 
@@ -164,7 +181,7 @@ def build_extras(record: Mapping[str, Any], failed: bool) -> list[dict[str, Any]
 _TEXT_EXTRAS = ("text", "json", "html")
 
 
-def redact_report(rep: Any) -> None:
+def redact_report(rep: pytest.TestReport | pytest.CollectReport) -> None:
     """pytest's own texts of one report through the one redaction, in place: the failure
     text (traceback, `-l` locals, `-vv` diffs, the crash line JUnit uses), captured output
     sections, user properties (JUnit properties), xfail reasons and text extras.
@@ -178,20 +195,21 @@ def redact_report(rep: Any) -> None:
     def clean(text: str) -> str:
         return redact(text, values=values)
 
-    longrepr = getattr(rep, "longrepr", None)
-    if longrepr is not None:
-        rep.longrepr = _redact_longrepr(longrepr, clean)
+    if rep.longrepr is not None:
+        rep.longrepr = _redact_longrepr(rep, clean)
     if getattr(rep, "sections", None):
         rep.sections = [(clean(t), clean(c) if isinstance(c, str) else c)
                         for t, c in rep.sections]
-    if getattr(rep, "user_properties", None):
+    if isinstance(rep, pytest.TestReport) and rep.user_properties:
         rep.user_properties = [(n, clean(v) if isinstance(v, str) else v)
                                for n, v in rep.user_properties]
-    if isinstance(getattr(rep, "wasxfail", None), str):
-        rep.wasxfail = clean(rep.wasxfail)
+    # set by pytest's skipping plugin and by pytest-html, not declared on the report class
+    wasxfail = getattr(rep, "wasxfail", None)
+    if isinstance(wasxfail, str):
+        setattr(rep, "wasxfail", clean(wasxfail))  # noqa: B010
     extras = getattr(rep, "extras", None)
     if extras:
-        rep.extras = [_redact_extra(e, clean) for e in extras]
+        setattr(rep, "extras", [_redact_extra(e, clean) for e in extras])  # noqa: B010
 
 
 def _redact_extra(extra: Any, clean: Callable[[str], str]) -> Any:
@@ -201,14 +219,16 @@ def _redact_extra(extra: Any, clean: Callable[[str], str]) -> Any:
     return extra
 
 
-def _redact_longrepr(longrepr: Any, clean: Callable[[str], str]) -> Any:
+def _redact_longrepr(rep: pytest.TestReport | pytest.CollectReport,
+                     clean: Callable[[str], str]) -> Any:
+    longrepr = rep.longrepr
     if isinstance(longrepr, str):
         return clean(longrepr)
     if isinstance(longrepr, tuple):  # a skip: (path, lineno, reason)
         return tuple(clean(x) if isinstance(x, str) else x for x in longrepr)
     try:
         _walk(longrepr, clean, 0)
-        text = _render(longrepr)
+        text = rep.longreprtext  # pytest's own plain rendering (public)
     except Exception:  # an unknown repr type: fall back to its redacted text
         return clean(str(longrepr))
     return longrepr if clean(text) == text else clean(text)
@@ -232,16 +252,3 @@ def _walk(obj: Any, clean: Callable[[str], str], depth: int) -> Any:
             if new is not value:
                 object.__setattr__(obj, f.name, new)
     return obj
-
-
-def _render(longrepr: Any) -> str:
-    toterminal = getattr(longrepr, "toterminal", None)
-    if toterminal is None:
-        return str(longrepr)
-    from _pytest._io import TerminalWriter
-
-    buf = io.StringIO()
-    tw = TerminalWriter(buf)
-    tw.hasmarkup = False
-    toterminal(tw)
-    return buf.getvalue()

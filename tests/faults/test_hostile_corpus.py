@@ -761,6 +761,12 @@ def test_space_separated_option_values_keep_the_rootdir(tmp_path: Path) -> None:
                            env=clean_env(), cwd=REPO_ROOT, stdin=subprocess.DEVNULL)
         out = r.stdout + r.stderr
         collected = [ln for ln in r.stdout.splitlines() if "::" in ln]
+        # issue 13: pytest has no public way to move a rootdir back, so a moved run is
+        # refused once, naming the joined form (plugin/rootcheck.py); never run moved
+        refused = [ln for ln in r.stderr.splitlines() if ln.startswith("ERROR:")]
+        if (r.returncode == 4 and len(refused) == 1
+                and refused[0].endswith(f"joined to its value: {flag}={value}")):
+            continue
         if r.returncode not in (0, 5) or any(not c.startswith("tests_hw/") for c in collected):
             moved.append((flag, r.returncode, out[-400:]))
     figure("corpus_plugin_rootdir", options=len(opts), moved=len(moved))
