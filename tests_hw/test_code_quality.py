@@ -1,32 +1,31 @@
-"""CP3 gate, Code Quality: checks on the llama-orch checkout given by --llorch-repo."""
+"""CP3 gate, Code Quality: checks on the llama-orch checkout given by --llorch-repo.
+
+cargo fmt and clippy run in the checkout with a cached target directory under the pool root;
+when cargo cannot run the check (offline, no toolchain) the item is an ERROR, "could not
+check", and never a failure of the code. Signatures and guides are judged on what the range
+base..HEAD added (`--llorch-base`, else the merge base with the upstream); the rules live in
+llorch_harness/gate/{codequality,cargocheck,gitrange}.py.
+
+xdist: these tests carry no xdist_group (only tests that start workers do), so under
+`--dist loadgroup` the two cargo items run on any free xdist worker, beside the worker tests.
+"""
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 from gatehelpers import expect, pool_level
 
+from llorch_harness.errors import HarnessError
+from llorch_harness.gate import cargocheck, codequality, gitrange
+from llorch_harness.gate.checklist import COULD_NOT_CHECK
 from llorch_harness.plugin.labs import redact
 
 SECTION = "Code Quality"
-CARGO_TIMEOUT_S = 1800.0
-DELIVERABLES = (
-    "bin/pool-ctl/src/commands/models.rs",
-    "bin/pool-ctl/src/commands/worker.rs",
-    "bin/llorch-ctl/src/commands/pool.rs",
-)
-SIGNATURE_RE = re.compile(r"TEAM-\d+")
-# The CP3 deliverables' three guides: a markdown file whose name or a heading names the topic.
-GUIDES = {
-    "download guide": re.compile(r"download", re.IGNORECASE),
-    "worker spawning guide": re.compile(r"spawn", re.IGNORECASE),
-    "troubleshooting guide": re.compile(r"troubleshoot", re.IGNORECASE),
-}
-SKIP_DIRS = {".git", "target", "node_modules", ".venv"}
 
 
 @pytest.fixture(scope="module")
@@ -40,78 +39,115 @@ def repo(lab) -> Path:
     return path
 
 
-def _cargo(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cargo = shutil.which("cargo")
-    expect(cargo is not None, "cargo on PATH", "not found", "install Rust (rustup) on this pool")
-    return subprocess.run([str(cargo), *args], cwd=repo, capture_output=True, text=True,
-                          timeout=CARGO_TIMEOUT_S, check=False, stdin=subprocess.DEVNULL)
+def _could_not_check(request: pytest.FixtureRequest, record: dict[str, Any],
+                     err: HarnessError, shown: list[str] | None = None) -> NoReturn:
+    """Fail the setup with the reason as a user property: the checklist shows ERROR, "could
+    not check: <reason>", and the merge does not count it as a failure of the code."""
+    reason = redact(err.one_line())
+    record["could_not_check"] = reason
+    request.node.user_properties.append((COULD_NOT_CHECK, reason))
+    detail = "\n".join(["", *shown]) if shown else ""
+    pytest.fail(redact(f"could not check: {reason}{detail}"), pytrace=False)
 
 
-def _show(res: subprocess.CompletedProcess[str]) -> str:
-    return redact(f"exit {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+@dataclass(frozen=True)
+class Checkpoint:
+    rng: gitrange.GitRange
+    changed: Mapping[str, str]
+
+
+@pytest.fixture
+def checkpoint(repo, lab, gate_record, request) -> Checkpoint:
+    """The range base..HEAD and the files it changed (per test: an error belongs to its item)."""
+    try:
+        rng = gitrange.resolve_range(repo, lab.settings.llorch_base)
+        changed = gitrange.changed_files(rng)
+    except HarnessError as err:
+        _could_not_check(request, gate_record, err)
+    gate_record["range"] = rng.describe()
+    return Checkpoint(rng, changed)
+
+
+def _cargo(kind: str, args: list[str], repo: Path, lab: Any, pool_paths: Any,
+           record: dict[str, Any], request: pytest.FixtureRequest) -> cargocheck.CargoOutcome:
+    offline = bool(lab.settings.cargo_offline)
+    target = cargocheck.target_dir(pool_paths.runtime_dir, repo)
+    record.update(offline=offline)
+    try:
+        pool_paths.writable_dir(target)
+        run = cargocheck.run_cargo(repo, args, cargocheck.cargo_env(target, offline))
+    except HarnessError as err:
+        _could_not_check(request, record, err)
+    except OSError as exc:
+        _could_not_check(request, record, HarnessError(
+            f"cannot create the cargo target directory {target}: {exc.strerror or exc}",
+            "fix the pool root's permissions or free space"))
+    print(f"$ {run.command}\n  in {repo}, CARGO_TARGET_DIR={run.target_dir}")
+    outcome = cargocheck.classify(run, kind)
+    record.update(command=run.command, target_dir=run.target_dir, outcome=outcome.status,
+                  first_lines=outcome.shown)
+    if outcome.status == "error":
+        _could_not_check(request, record, HarnessError(outcome.summary, outcome.hint),
+                         outcome.shown)
+    return outcome
+
+
+@pytest.fixture
+def fmt_outcome(repo, lab, pool_paths, gate_record, request) -> cargocheck.CargoOutcome:
+    return _cargo("fmt", cargocheck.fmt_args(), repo, lab, pool_paths, gate_record, request)
+
+
+@pytest.fixture
+def clippy_outcome(repo, lab, pool_paths, gate_record, request) -> cargocheck.CargoOutcome:
+    args = cargocheck.clippy_args(bool(lab.settings.cargo_offline))
+    return _cargo("clippy", args, repo, lab, pool_paths, gate_record, request)
+
+
+def _shown(outcome: cargocheck.CargoOutcome) -> str:
+    return "\n".join([outcome.summary, *outcome.shown])
 
 
 @pytest.mark.gate(SECTION, "`cargo fmt --all` clean")
 @pool_level
-def test_cargo_fmt_clean(repo, gate_record):
-    res = _cargo(repo, "fmt", "--all", "--", "--check")
-    gate_record["command"] = "cargo fmt --all -- --check"
-    expect(res.returncode == 0, "`cargo fmt --all -- --check` exit 0 (no diff)", _show(res),
-           str(repo))
+def test_cargo_fmt_clean(repo, fmt_outcome):
+    expect(fmt_outcome.status == "pass", "`cargo fmt --all -- --check` exit 0 (no diff)",
+           _shown(fmt_outcome), str(repo))
 
 
 @pytest.mark.gate(SECTION, "`cargo clippy --all` clean")
 @pool_level
-def test_cargo_clippy_clean(repo, gate_record):
+def test_cargo_clippy_clean(repo, clippy_outcome):
     """Clean means no warning either: -D warnings."""
-    res = _cargo(repo, "clippy", "--all", "--", "-D", "warnings")
-    gate_record["command"] = "cargo clippy --all -- -D warnings"
-    expect(res.returncode == 0, "`cargo clippy --all -- -D warnings` exit 0", _show(res),
-           str(repo))
+    expect(clippy_outcome.status == "pass", "`cargo clippy --all -- -D warnings` exit 0",
+           _shown(clippy_outcome), str(repo))
+
+
+def _evidence(res: codequality.ItemResult, record: dict[str, Any], key: str) -> None:
+    """The range and the files and lines that satisfied the item, in the report and output."""
+    record.update(res.details)
+    print(f"range {res.details['range']}")
+    for name, entry in res.details[key].items():
+        print(f"{name}: {entry.get('why') or entry.get('file')}")
+        for line in entry.get("lines", []):
+            print(f"    {line}")
 
 
 @pytest.mark.gate(SECTION, "Team signatures added")
 @pool_level
-def test_team_signatures(repo, gate_record):
-    found, missing = {}, []
-    for rel in DELIVERABLES:
-        path = repo / rel
-        text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
-        sigs = sorted(set(SIGNATURE_RE.findall(text)))
-        if sigs:
-            found[rel] = sigs
-        else:
-            missing.append(rel + ("" if path.is_file() else " (file missing)"))
-    gate_record["signatures"] = found
-    expect(not missing, "a TEAM-NNN signature in every CP3 deliverable", ", ".join(missing),
-           str(repo))
-
-
-def _markdown_files(repo: Path) -> list[Path]:
-    out = []
-    for path in repo.rglob("*.md"):
-        if not SKIP_DIRS.intersection(path.relative_to(repo).parts):
-            out.append(path)
-    return out
+def test_team_signatures(checkpoint, gate_record):
+    res = codequality.check_signatures(checkpoint.rng, checkpoint.changed)
+    _evidence(res, gate_record, "deliverables")
+    expect(res.passed, "a TEAM-NNN signature in the lines base..HEAD added to each CP3 "
+           "deliverable it changed (and at least one changed)", res.summary,
+           f"{checkpoint.rng.root} {checkpoint.rng.describe()}")
 
 
 @pytest.mark.gate(SECTION, "Documentation updated")
 @pool_level
-def test_documentation_present(repo, gate_record):
-    """The three guides of the CP3 deliverables: download, worker spawning, troubleshooting."""
-    files = _markdown_files(repo)
-    found: dict[str, str] = {}
-    for name, pattern in GUIDES.items():
-        for path in files:
-            try:
-                headings = [ln for ln in path.read_text(encoding="utf-8", errors="replace")
-                            .splitlines() if ln.startswith("#")]
-            except OSError:
-                continue
-            if pattern.search(path.name) or any(pattern.search(h) for h in headings):
-                found[name] = str(path.relative_to(repo))
-                break
-    gate_record["guides"] = found
-    missing = [n for n in GUIDES if n not in found]
-    expect(not missing, "download, worker spawning and troubleshooting guides",
-           "missing: " + ", ".join(missing), str(repo))
+def test_documentation_updated(checkpoint, gate_record):
+    """The three guides of the CP3 deliverables, found by the commands they show."""
+    res = codequality.check_guides(checkpoint.rng, checkpoint.changed)
+    _evidence(res, gate_record, "guides")
+    expect(res.passed, "base..HEAD adds or changes a download, a worker spawning and a "
+           "troubleshooting guide", res.summary,
+           f"{checkpoint.rng.root} {checkpoint.rng.describe()}")
