@@ -95,9 +95,11 @@ def test_bad_inputs_are_load_errors(tiny: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="not a .safetensors"):
         Engine.load(d / "config.json")
     cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
-    with pytest.raises(ModelLoadError, match="unsupported architecture"):
-        Engine.load(d)
+    for other in ("gemma", "phi"):  # "phi" is candle's Phi-1/2, not Phi-3
+        (d / "config.json").write_text(json.dumps({**cfg, "model_type": other}))
+        with pytest.raises(ModelLoadError, match=f"unsupported architecture '{other}' "
+                           r"\(the reference worker runs qwen2, llama, mistral, phi3\)"):
+            Engine.load(d)
     del cfg["rope_theta"]
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelLoadError, match="config.json: missing key.*rope_theta"):

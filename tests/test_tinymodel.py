@@ -16,6 +16,7 @@ from llorch_harness.lab import qwen_vocab
 from llorch_harness.lab.refworker.engine import Engine, GenerationParams
 from llorch_harness.lab.refworker.qwen2 import REQUIRED_CONFIG_KEYS, read_safetensors
 from llorch_harness.lab.tinymodel import (
+    ARCHITECTURES,
     EMBEDDED_VOCAB,
     SPECIAL_TOKENS,
     TINY_QWEN_REPO,
@@ -178,13 +179,18 @@ def _greedy(engine: Engine, prompt: str, n: int) -> list[int]:
 
 
 def test_qwen_is_the_default_of_the_cli_and_the_gate() -> None:
-    from llorch_harness.cli.harness_main import build_parser
+    from llorch_harness.cli import harness_main
+    from llorch_harness.cli.harness_main import build_parser, tiny_vocab
 
     assert EMBEDDED_VOCAB == "qwen2.5" and set(VOCABS) == {"qwen2.5", "corpus"}
+    # the CLI keeps its own copies (it does not import numpy): they must not drift
+    assert (harness_main.VOCABS, harness_main.ARCHITECTURES) == (VOCABS, ARCHITECTURES)
     args = build_parser().parse_args(["tiny-model", "build", "d"])
-    assert args.vocab == "qwen2.5"
-    assert build_parser().parse_args(["tiny-model", "build", "d", "--vocab", "corpus"]).vocab \
-        == "corpus"
+    assert (args.architecture, tiny_vocab(args)) == ("qwen2", "qwen2.5")
+    for extra, vocab in [(["--vocab", "corpus"], "corpus"), (["--architecture", "llama"],
+                                                             "corpus")]:
+        assert tiny_vocab(build_parser().parse_args(["tiny-model", "build", "d", *extra])) \
+            == vocab
 
 
 def test_qwen_files_size_config_and_published_tokenizer_files(qwen_tiny: Path) -> None:

