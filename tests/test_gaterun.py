@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 import pytest
 
 from llorch_harness.gate import checklist as gate
+from tests import fakesmi
+from tests.marked import kill_all, marked, new_marker, wait_for, wait_none
 from tests.sshd import BAD_KEY_ALIAS, SshdServer, make_sshd_fixture
 from tests.test_gatemerge import harness_argv
 
@@ -253,37 +256,61 @@ def install_worker(bin_dir: Path, backend: str) -> Path:
     return path
 
 
-LLAMA_ORCH_FILES = {
+LLAMA_ORCH_BASE_FILES = {
     "Cargo.toml": '[package]\nname = "llama-orch-stand-in"\nversion = "0.1.0"\n'
                   'edition = "2021"\n\n[dependencies]\n',
     "src/main.rs": "// TEAM-022: stand-in crate\nfn main() {\n    println!(\"llorch\");\n}\n",
+}
+LLAMA_ORCH_FILES = {  # the CP3 commit: signed deliverables and guides that show the commands
     "bin/pool-ctl/src/commands/models.rs": "// TEAM-022: model download automation\n",
     "bin/pool-ctl/src/commands/worker.rs": "// TEAM-022: worker spawning automation\n",
     "bin/llorch-ctl/src/commands/pool.rs": "// TEAM-022: remote commands\n",
-    "docs/download-guide.md": "# Download guide\n",
-    "docs/worker-spawning.md": "# Worker spawning guide\n",
-    "docs/troubleshooting.md": "# Troubleshooting guide\n",
+    "docs/download-guide.md": "# Download guide\n\n```bash\nllorch-pool models download "
+                              "qwen-0.5b\n```\n",
+    "docs/worker-spawning.md": "# Worker spawning guide\n\n```bash\nllorch-pool worker spawn "
+                               "metal --model qwen-0.5b --gpu 0\n```\n",
+    "docs/troubleshooting.md": "# Troubleshooting guide\n\n## `Model qwen-0.5b not downloaded`"
+                               "\n\n```bash\nllorch-pool models download qwen-0.5b\n```\n",
 }
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid"}
 
 
-def llama_orch_repo(base: Path) -> tuple[Path, Path]:
-    """A tiny llama-orch stand-in (deliverables signed, guides present) and the dir of a
-    cargo with clippy (the real one when installed, else a stand-in that exits 0)."""
-    repo = base / "llama-orch"
-    for rel, text in LLAMA_ORCH_FILES.items():
+def _commit(repo: Path, files: dict[str, str], message: str) -> str:
+    for rel, text in files.items():
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         (repo / rel).write_text(text)
+    env = {**os.environ, **GIT_ENV}
+    for args in (["add", "-A"], ["commit", "-q", "-m", message]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, env=env, timeout=60)
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True, env=env,
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+
+
+def llama_orch_repo(base: Path) -> tuple[Path, Path, str]:
+    """A tiny llama-orch stand-in checkout (a base commit, then the CP3 commit with signed
+    deliverables and guides), the dir of a cargo with clippy (the real one when installed,
+    else a stand-in that exits 0), and the base commit for --llorch-base."""
+    repo = base / "llama-orch"
+    repo.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=60)
+    base_sha = _commit(repo, LLAMA_ORCH_BASE_FILES, "base")
+    _commit(repo, LLAMA_ORCH_FILES, "CP3")
+    return (repo, *_cargo_dir(base), base_sha)
+
+
+def _cargo_dir(base: Path) -> tuple[Path]:
     cargo = shutil.which("cargo")
     if cargo:
         probe = subprocess.run([cargo, "clippy", "--version"], capture_output=True,
                                timeout=60, stdin=subprocess.DEVNULL)
         if probe.returncode == 0:
-            return repo, Path(cargo).parent
+            return (Path(cargo).parent,)
     stand_in = base / "cargo-bin"
     fake_binary(stand_in, "x")
     (stand_in / "llorch-x-candled").rename(stand_in / "cargo")
     (stand_in / "cargo").write_text("#!/bin/sh\nexit 0\n")
-    return repo, stand_in
+    return (stand_in,)
 
 
 def checkout_copy(base: Path) -> Path:
@@ -300,7 +327,7 @@ def checkout_copy(base: Path) -> Path:
 
 
 def e2e_pool(server: SshdServer, base: Path, name: str, backend: str, repo: Path,
-             cargo_dir: Path) -> dict[str, Any]:
+             cargo_dir: Path, llorch_base: str) -> dict[str, Any]:
     """A pool root with the worker installed, a pools.toml naming itself (the Remote
     Operations items drive it over ssh), and its own checkout copy."""
     root = base / f"{name}-root"
@@ -310,11 +337,18 @@ def e2e_pool(server: SshdServer, base: Path, name: str, backend: str, repo: Path
         "host": server.alias, "root": str(root), "backends": [backend],
         "llorch_pool": str(VENV / "bin" / "llorch-pool"),
         "env": {"LLORCH_BIN_DIR": str(root / "bin")}}})
-    path = os.pathsep.join([str(cargo_dir), str(VENV / "bin"), "/usr/local/bin", "/usr/bin",
-                            "/bin"])
-    env = {"LLORCH_BIN_DIR": str(root / "bin"), "LLORCH_BACKEND_AVAILABLE": backend,
+    # the device's own tools, scripted: a Mac's for metal, nvidia-smi for cuda ("Device healthy")
+    tools: dict[str, str] = {"PATH": str(fakesmi.install_mac(root / "macbin"))}
+    if backend == "cuda":
+        tools = fakesmi.install(root, {"gpus": [fakesmi.gpu(0)]})
+    path = os.pathsep.join([tools["PATH"].split(os.pathsep)[0], str(cargo_dir),
+                            str(VENV / "bin"), "/usr/local/bin", "/usr/bin", "/bin"])
+    env = {**{k: v for k, v in tools.items() if k != "PATH"},
+           "LLORCH_BIN_DIR": str(root / "bin"), "LLORCH_BACKEND_AVAILABLE": backend,
            "LLORCH_GATE_MODEL": "tiny-qwen", "LLORCH_POOL_ROOT": str(root),
-           "LLORCH_REPO": str(repo), "PATH": path}
+           "LLORCH_REPO": str(repo), "LLORCH_BASE": llorch_base, "PATH": path,
+           # two hosts in one: each pool leases its devices in its own host-wide directory
+           "LLORCH_LEASE_DIR": str(root / "leases")}
     for var in ("RUSTUP_HOME", "CARGO_HOME"):
         if os.environ.get(var):
             env[var] = os.environ[var]
@@ -337,9 +371,10 @@ def test_end_to_end_real_gate_on_two_pools_over_ssh(tmp_path: Path, sshd: SshdSe
     missing = _tests_hw_complete()
     if missing:
         pytest.skip(f"the CP3 gate (issue 5) is not complete yet: {missing}")
-    repo, cargo_dir = llama_orch_repo(tmp_path)
-    pools = {"mac": e2e_pool(sshd, tmp_path, "mac", "metal", repo, cargo_dir),
-             "workstation": e2e_pool(sshd, tmp_path, "workstation", "cuda", repo, cargo_dir)}
+    repo, cargo_dir, base = llama_orch_repo(tmp_path)
+    pools = {"mac": e2e_pool(sshd, tmp_path, "mac", "metal", repo, cargo_dir, base),
+             "workstation": e2e_pool(sshd, tmp_path, "workstation", "cuda", repo, cargo_dir,
+                                     base)}
     out = tmp_path / "out"
     for p in pools.values():  # first run on a trusted build: record the golden tokens
         p["env"]["LLORCH_UPDATE_GOLDEN"] = "1"
@@ -377,3 +412,49 @@ def test_end_to_end_real_gate_on_two_pools_over_ssh(tmp_path: Path, sshd: SshdSe
 
 def by_item_of(merged: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(r["section"], r["item"]): r for r in merged["items"]}
+
+
+# --------------------------------------------------------------------------- stopping
+
+SLEEPY_TEST = '''import os, subprocess, sys, time
+import pytest
+
+
+@pytest.mark.metal
+def test_runs_until_stopped():
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)",
+                      os.environ["GATE_MARKER"] + "-child"])
+    time.sleep(600)
+'''
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stopping_gate_run_ends_the_remote_gate(tmp_path: Path, sshd: SshdServer,
+                                                sig: signal.Signals) -> None:
+    """Issue 13: Ctrl-C or SIGTERM of `gate run` ends pytest on every pool (and what it
+    started); no ssh, no remote pytest, no child is left, and the run exits 130."""
+    marker = new_marker("gate")
+    mac = light_pool(sshd, tmp_path, "mac", "metal", GATE_MARKER=marker)
+    (Path(mac["checkout"]) / "test_gate_items.py").write_text(SLEEPY_TEST)
+    pf = write_pools_file(tmp_path / "pools.toml", sshd, {"mac": mac})
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LLORCH_", "HF_", "PYTEST_"))}
+    env["HOME"] = str(tmp_path / "home")
+    proc = subprocess.Popen(
+        [*harness_argv(), "gate", "run", "--pools", "mac", "--pools-file", str(pf),
+         "--out", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL)
+    try:
+        child = wait_for(f"{marker}-child", 1, HANG_GUARD_S)
+        assert child, "the remote test never started"
+        assert marked(marker, env_name="GATE_MARKER"), "no remote pytest found"
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=HANG_GUARD_S)
+        assert proc.returncode == 130, out + err
+        assert "error: interrupted" in err
+        assert wait_none(marker, 60, env_name="GATE_MARKER") == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_all(marker, env_name="GATE_MARKER")

@@ -21,6 +21,7 @@ from gatehelpers import backend_param, expect
 from llorch_harness.checks import inference_checks as ic
 from llorch_harness.checks.workerclient import StreamResult
 from llorch_harness.plugin.fixtures import note_log, worker_facts
+from llorch_harness.pool.backends import PREFERENCE
 
 SECTION = "Qwen Testing"
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -32,7 +33,7 @@ LONG = ("Write a short story about a lighthouse keeper who finds a message in a 
         "The keeper lives alone on a rocky island, far from the mainland, and the bottle "
         "arrives on a stormy night in late autumn.")
 GOLDEN_PROMPTS = {"short": SHORT, "long": LONG}
-BACKENDS = [backend_param(b) for b in ("metal", "cuda", "cpu")]
+BACKENDS = [backend_param(b) for b in PREFERENCE]
 WORKS_ITEM = {"metal": "Qwen works on Metal (mac)", "cuda": "Qwen works on CUDA (workstation)",
               "cpu": "Qwen works on CPU (this pool)"}
 _BULKY = ("streams", "token_streams", "tokens_per_sec", "comparisons")  # shown elsewhere
@@ -101,7 +102,7 @@ def _agrees(reference_runner, gate_record: dict[str, Any], results: list[StreamR
 
 
 @pytest.mark.parametrize("backend", [
-    backend_param(b, pytest.mark.gate(SECTION, WORKS_ITEM[b])) for b in ("metal", "cuda", "cpu")
+    backend_param(b, pytest.mark.gate(SECTION, WORKS_ITEM[b])) for b in PREFERENCE
 ])
 def test_qwen_works(backend, worker_factory, reference_runner, gate_record):
     """spawn -> greedy inference (the seed's request) -> answer with tokens that agree with

@@ -10,6 +10,7 @@ import pytest
 from gatehelpers import LLORCH_MODULE, expect, pool_level, run_module
 
 from llorch_harness.plugin.fixtures import LAB_KEY
+from llorch_harness.pool.backends import CPU
 
 SECTION = "Remote Operations"
 pytestmark = pytest.mark.remote
@@ -46,9 +47,9 @@ def _remote_backend(pool_host: str) -> str:
         from llorch_harness.remote.poolsfile import load_pools, resolve_pool
 
         cfg = resolve_pool(pool_host, load_pools())
-        return cfg.backends[0] if cfg.backends else "cpu"
+        return cfg.backends[0] if cfg.backends else CPU
     except Exception:
-        return "cpu"
+        return CPU
 
 
 @pytest.mark.gate(SECTION, "`llorch pool models download --host mac` works")

@@ -11,13 +11,15 @@ import pytest
 from gatehelpers import expect, llorch_pool, pool_level
 
 from llorch_harness.plugin.fixtures import note_log, wait_gone
-from llorch_harness.pool import procs, workers
+from llorch_harness.pool import leftovers, procs, workers
+from llorch_harness.pool.backends import BACKEND_NAMES
+from llorch_harness.pool.memwatch import MemoryWatch
 
 SECTION = "Worker Management"
 
 
 def _spawn(worker_factory, lab, tag):
-    backend = lab.primary_backend(("cpu", "cuda", "metal"))
+    backend = lab.primary_backend(BACKEND_NAMES)
     return worker_factory.spawn(backend, worker_id=worker_factory.default_id(backend, 0, tag))
 
 
@@ -107,11 +109,29 @@ def test_process_status_accurate(lab, pool_paths, worker_factory, gate_record, t
 @pytest.mark.gate(SECTION, "Cleanup works correctly")
 @pool_level
 def test_cleanup(lab, pool_paths, worker_factory, gate_record):
-    """After stop: no marked process, no record, port free; an orphan is reaped."""
+    """A worker leaves nothing behind: after its stop (SIGINT, as the contract stops it) no
+    descendant runs, its port is free and its GPU memory is back, within a few seconds;
+    whatever is left is named, then cleaned up. `worker stop` removes the record; an orphan
+    is reaped."""
+    backend = lab.primary_backend(BACKEND_NAMES)
+    before_mib = MemoryWatch.device_used_mib(backend, 0)
     handle = _spawn(worker_factory, lab, "cleanup")
     note_log(gate_record, handle.log_path)
     pool = procs.pool_key(pool_paths.root)
+    refs = leftovers.snapshot(handle.pid, [m.proc for m in procs.marked_processes(
+        pool, handle.worker_id)])
     try:
+        root = next(r for r in refs if r.pid == handle.pid)
+        leftovers.sigint_and_wait(root, workers.STOP_GRACE_S)
+        found = leftovers.find(refs, port=handle.port, late=lambda: [
+            m.proc for m in procs.marked_processes(pool, handle.worker_id)],
+            gpu_not_returned=leftovers.device_memory_check(backend, 0, before_mib))
+        gate_record["left behind"] = found.to_json()
+        survivors = leftovers.clean_up(found)
+        expect(not found, "nothing left behind within a few seconds of SIGINT (descendants, "
+               "port, GPU memory)", found.describe() + (
+                   f"; survived cleanup: {', '.join(r.describe() for r in survivors)}"
+                   if survivors else " (cleaned up by the harness)"), str(handle.log_path))
         res = llorch_pool(pool_paths, "worker", "stop", handle.worker_id)
         expect(res.returncode == 0, "stop exit 0", res.describe(), str(handle.log_path))
         left = procs.marked_processes(pool, handle.worker_id)

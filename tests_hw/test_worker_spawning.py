@@ -15,6 +15,7 @@ from gatehelpers import expect, llorch_pool, pool_level, spawn_args
 from llorch_harness.checks.workerclient import health
 from llorch_harness.plugin.fixtures import note_log, xdist_worker_name
 from llorch_harness.pool import workers
+from llorch_harness.pool.backends import BACKEND_NAMES
 
 SECTION = "Worker Spawning"
 
@@ -22,7 +23,7 @@ SECTION = "Worker Spawning"
 @pytest.fixture(scope="module")
 def cli_worker(lab, pool_paths, worker_factory) -> Iterator[dict[str, Any]]:
     """`llorch-pool worker spawn` on the first usable backend; stopped at module end."""
-    backend = lab.primary_backend(("cpu", "cuda", "metal"))
+    backend = lab.primary_backend(BACKEND_NAMES)
     if backend is None:
         pytest.skip("no usable backend")
     wid = f"gate-cli-{backend}-{xdist_worker_name() or 'main'}"

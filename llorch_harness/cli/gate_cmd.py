@@ -10,7 +10,7 @@ import argparse
 import math
 from pathlib import Path
 
-from llorch_harness.cli.common import require_subcommand
+from llorch_harness.cli.common import require_subcommand, sigterm_interrupts
 from llorch_harness.errors import HarnessError
 from llorch_harness.gate import merge as gatemerge
 from llorch_harness.gate import run as gaterun
@@ -47,7 +47,7 @@ def _add_outputs(p: argparse.ArgumentParser, default_html: str | None) -> None:
                    f"(default {gatemerge.DEFAULT_MAX_AGE_H:g})")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `gate merge` and `gate run` to the `llorch-harness` subcommands."""
     gate = sub.add_parser("gate", help="one CP3 verdict across pools (merge, run over ssh)")
     gate.set_defaults(func=require_subcommand(gate))
@@ -66,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="pools that must be present (comma list), e.g. mac,workstation")
     m.add_argument("--report", action="append", default=[], metavar="POOL=PATH",
                    help="link POOL's HTML report (default: the .html beside its JSON)")
+    m.add_argument("--perf", action="append", default=[], metavar="PATH",
+                   help="a pool's performance results store or `llorch-harness history "
+                   "--export` file (repeatable): its history beside the gate JSONs' records")
     m.set_defaults(func=cmd_merge)
 
     r = gsub.add_parser(
@@ -120,7 +123,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
     reports = {r.name: gatemerge.find_report(r, overrides.get(r.name)) for r in results}
     html = Path(args.html) if args.html else None
     js = Path(args.json) if args.json else None
-    gatemerge.write_outputs(merged, reports, html_path=html, json_path=js)
+    gatemerge.write_outputs(merged, reports, html_path=html, json_path=js,
+                            perf_sources=args.perf)
     _print_summary(merged, html, js)
     return merged.exit_code
 
@@ -132,7 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     gate_pools = gaterun.load_gate_pools(names, args.pools_file,
                                          getattr(args, "pool_root", None))
     out = Path(args.out)
-    runs = gaterun.run_pools(gate_pools, out, timeout=args.timeout)
+    with sigterm_interrupts():  # a stopped `gate run` stops the gate on every pool too
+        runs = gaterun.run_pools(gate_pools, out, timeout=args.timeout)
     merged, reports = gaterun.merge_runs(runs, max_age_h=args.max_age)
     html = Path(args.html) if args.html else out / "cp3.html"
     js = Path(args.json) if args.json else out / "cp3.json"

@@ -19,16 +19,23 @@ from typing import Any
 
 from llorch_harness.errors import HarnessError
 from llorch_harness.fsutil import atomic_write_text, file_kind
+from llorch_harness.pool.backends import BACKEND_NAMES
 
 CHECKPOINT = "CP3"
 GATE_JSON_SCHEMA = 1
+# A test that could not check its item (cargo offline, no git range) fails its setup with this
+# user property holding the reason: the item is an "error", not a failure of the code.
+COULD_NOT_CHECK = "gate_could_not_check"
+# A test's measurements (a JSON object) that its item in the gate JSON carries as "details"
+# (issue 15: memory per worker life, device health).
+GATE_DETAILS = "gate_details"
 
 
 @dataclass(frozen=True)
 class GateItem:
     section: str
     item: str
-    backends: tuple[str, ...] = ("cpu", "cuda", "metal")  # which pools it concerns
+    backends: tuple[str, ...] = BACKEND_NAMES  # which pools it concerns (all)
     seed: bool = True  # False: an extra instance the seed does not list (e.g. the CPU twin)
 
 
@@ -96,6 +103,13 @@ EXTRA_ITEMS: tuple[GateItem, ...] = (
     # A worker that is deterministic but wrong passes every self-comparison: this one holds
     # each greedy token against an independent implementation on the same files.
     GateItem("Qwen Testing", "Output agrees with the reference implementation", seed=False),
+    # A build that answers correctly but loads or decodes much slower passes everything else:
+    # this one compares each figure with the pool's history (llorch_harness.perf).
+    GateItem("Qwen Testing", "No performance regression", seed=False),
+    # A bad card must not be blamed on the worker, nor a bad worker on the card (issue 15).
+    GateItem("Qwen Testing", "Device healthy", ("cuda", "metal"), seed=False),
+    # "No broadcasting errors"' sibling: CP4 asks for no memory leaks.
+    GateItem("Qwen Testing", "No memory growth per request", seed=False),
 )
 
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(i.section for i in SEED_CHECKLIST))
@@ -133,17 +147,19 @@ def gate_marker_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[
 
 @dataclass
 class TestResult:
-    """One test's outcome over its phases (setup failure and teardown error count as fail)."""
+    """One test's outcome over its phases (setup failure and teardown error count as fail,
+    except a setup failure that says it could not check: status error)."""
 
     nodeid: str
     section: str
     item: str
     backend: str | None
     scope: str  # "backend" (per-backend instance) | "pool" (pool-level item)
-    status: str = "pass"  # pass | fail | skip | xfail
+    status: str = "pass"  # pass | fail | error | skip | xfail
     reason: str | None = None
     duration: float = 0.0
     phases: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # user property "gate_details"
 
 
 def _skip_reason(longrepr: Any) -> str | None:
@@ -185,7 +201,12 @@ class GateCollector:
             self.results[nodeid] = res
         res.duration += float(duration or 0.0)
         res.phases[when] = outcome
-        if outcome == "failed":
+        if isinstance(props.get(GATE_DETAILS), str):  # measurements for the gate JSON
+            res.details.update(json.loads(props[GATE_DETAILS]))
+        if outcome == "failed" and props.get(COULD_NOT_CHECK) and res.status != "fail":
+            res.status = "error"
+            res.reason = f"could not check: {props[COULD_NOT_CHECK]}"
+        elif outcome == "failed":
             if res.status != "fail":
                 res.reason = (f"{when} error: " if when != "call" else "") + _fail_reason(longrepr)
             res.status = "fail"
@@ -194,7 +215,7 @@ class GateCollector:
             res.reason = _skip_reason(longrepr) or ("xfail" if wasxfail else "skipped")
 
     def item_rollup(self) -> list[dict[str, Any]]:
-        """Every checklist item with its status: fail > pass > skip > not run."""
+        """Every checklist item with its status: fail > error > pass > skip > not run."""
         out = []
         for gi in checklist():
             tests = [r for r in self.results.values()
@@ -202,6 +223,8 @@ class GateCollector:
             statuses = {r.status for r in tests}
             if "fail" in statuses:
                 status = "fail"
+            elif "error" in statuses:  # could not check: not a pass, not a failure of the code
+                status = "error"
             elif "pass" in statuses:
                 status = "pass"
             elif tests:
@@ -209,7 +232,7 @@ class GateCollector:
             else:
                 status = "not run"
             reasons = sorted({f"{r.backend or 'pool'}: {r.reason}" for r in tests
-                              if r.status in ("fail", "skip", "xfail") and r.reason})
+                              if r.status in ("fail", "error", "skip", "xfail") and r.reason})
             if not tests:
                 reasons = [not_run_reason(gi)]
             per_backend: dict[str, str] = {}
@@ -225,13 +248,14 @@ class GateCollector:
         return out
 
     def verdict(self) -> str:
-        """fail if anything failed; pass if every run item passed; else incomplete."""
+        """fail if anything failed; pass if every run item passed; else incomplete (an item
+        that could not be checked makes the run incomplete, never a pass)."""
         statuses = [r["status"] for r in self.item_rollup()]
         if "fail" in statuses:
             return "fail"
         if statuses and all(s == "pass" for s in statuses):
             return "pass"
-        return "incomplete" if "pass" in statuses else "not run"
+        return "incomplete" if {"pass", "error"} & set(statuses) else "not run"
 
 
 def not_run_reason(gi: GateItem) -> str:
@@ -242,7 +266,7 @@ def not_run_reason(gi: GateItem) -> str:
     return "not selected in this run (-m/-k deselected every test of this item)"
 
 
-_RANK = {None: -1, "not run": 0, "skip": 1, "xfail": 1, "pass": 2, "fail": 3}
+_RANK = {None: -1, "not run": 0, "skip": 1, "xfail": 1, "pass": 2, "error": 3, "fail": 4}
 
 
 def _worse(a: str | None, b: str) -> str:
@@ -257,7 +281,7 @@ def gate_document(
     backends = lab.get("backends", {})
     binaries = {
         name: {"path": st.get("binary"), "sha256": st.get("binary_sha256"),
-               "worker": st.get("worker") or None}
+               "worker": st.get("worker") or None, "engine": st.get("engine") or None}
         for name, st in backends.items() if st.get("binary") or st.get("worker")
     }
     return {
@@ -283,7 +307,7 @@ def gate_document(
         "items": [
             {"section": r.section, "item": r.item, "backend": r.backend, "scope": r.scope,
              "status": r.status, "reason": r.reason, "nodeid": r.nodeid,
-             "duration": round(r.duration, 3)}
+             "duration": round(r.duration, 3), **({"details": r.details} if r.details else {})}
             for r in collector.results.values()
         ],
     }

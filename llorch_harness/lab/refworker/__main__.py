@@ -42,7 +42,10 @@ _OPTIONS: tuple[tuple[str, str, bool], ...] = (
     ("--port", "PORT", True),
     ("--callback-url", "CALLBACK_URL", True),
     ("--host", "HOST", False),
+    ("--engine", "ENGINE", False),  # the reference worker's own: numpy (default) | torch
+    ("--device", "DEVICE", False),  # torch engine: cpu | cuda[:N] | mps
 )
+ENGINE_CHOICES = ("numpy", "torch")
 
 
 def usage(persona: Persona = CPU) -> str:
@@ -57,7 +60,7 @@ def help_text(persona: Persona = CPU) -> str:
         pad = " " * max(1, 31 - len(arg))
         device = (f"      {arg}{pad}"
                   f"{persona.backend.upper()} device ID [default: 0]\n")
-    return f"""Reference worker speaking the llorch-candled wire ({persona.backend} persona, numpy)
+    return f"""Reference worker speaking the llorch-candled wire ({persona.backend} persona)
 
 {usage(persona)}
 
@@ -67,6 +70,8 @@ Options:
       --port <PORT>                  HTTP server port
       --callback-url <CALLBACK_URL>  Pool manager callback URL
 {device}      --host <HOST>                  Address to bind [default: 127.0.0.1]
+      --engine <ENGINE>              Inference engine: numpy (cpu) or torch [default: numpy]
+      --device <DEVICE>              torch device: cpu, cuda[:N], mps [default: the backend's]
   -h, --help                         Print help
   -V, --version                      Print version
 
@@ -97,6 +102,21 @@ def _check_uint(flag: str, name: str, raw: str, limit: int | None, persona: Pers
     if limit is not None and int(raw) > limit:
         raise _usage_error(f"invalid value '{raw}' for '{flag} <{name}>': "
                            f"{raw} is not in 0..={limit}", persona, usage_line=False)
+
+
+def _check_engine(flag: str, name: str, raw: str, persona: Persona) -> None:
+    """clap's value parsers for --engine (a choice) and --device (torch's spelling)."""
+    if flag == "--engine" and raw not in ENGINE_CHOICES:
+        raise _usage_error(f"invalid value '{raw}' for '{flag} <{name}>'\n  [possible values: "
+                           f"{', '.join(ENGINE_CHOICES)}]", persona, usage_line=False)
+    if flag == "--device":
+        from llorch_harness.lab.refworker.torch_engine import parse_device
+
+        try:
+            parse_device(raw)
+        except ValueError as err:
+            raise _usage_error(f"invalid value '{raw}' for '{flag} <{name}>': {err}", persona,
+                               usage_line=False) from None
 
 
 def _options(persona: Persona) -> tuple[tuple[str, str, bool], ...]:
@@ -137,6 +157,8 @@ def _read_values(argv: Sequence[str], persona: Persona) -> dict[str, str]:
             _check_uint(flag, name, value, 65535, persona)
         elif flag == persona.device_flag:
             _check_uint(flag, name, value, None, persona)
+        elif flag in ("--engine", "--device"):
+            _check_engine(flag, name, value, persona)
         values[flag] = value
     return values
 
@@ -152,7 +174,9 @@ def parse_args(argv: Sequence[str], persona: Persona = CPU) -> WorkerArgs:
     device = int(values[persona.device_flag]) if persona.device_flag in values else 0
     return WorkerArgs(worker_id=values["--worker-id"], model=Path(values["--model"]),
                       port=int(values["--port"]), callback_url=values["--callback-url"],
-                      host=values.get("--host", "127.0.0.1"), device=device)
+                      host=values.get("--host", "127.0.0.1"), device=device,
+                      engine=values.get("--engine", "numpy"),
+                      torch_device=values.get("--device"))
 
 
 def _settings() -> tuple[Persona, str, Faults]:

@@ -10,6 +10,7 @@ off unless the variable is set; never set it for a real gate run.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,9 @@ FLAG_NAMES: tuple[str, ...] = (
     "swapped_layers",
 )
 VALUE_NAMES: tuple[str, ...] = ("slow_start", "slow_execute")
+# `slow_decode=F`: every decode step takes F times as long (the prompt's pass keeps its
+# speed), a build that "decodes slower" by a known factor for the performance check.
+FACTOR_NAMES: tuple[str, ...] = ("slow_decode",)
 
 
 class FaultSpecError(ValueError):
@@ -62,12 +66,14 @@ class Faults:
     swapped_layers: bool = False
     slow_start: float = 0.0
     slow_execute: float = 0.0
+    slow_decode: float = 0.0  # a factor >= 1; 0 means off
 
     @property
     def active(self) -> list[str]:
         """Names of the switches that are on, in a stable order (for the start-up WARN line)."""
         names = [n for n in FLAG_NAMES if getattr(self, n)]
-        names += [f"{n}={getattr(self, n):g}" for n in VALUE_NAMES if getattr(self, n) > 0]
+        names += [f"{n}={getattr(self, n):g}" for n in (*VALUE_NAMES, *FACTOR_NAMES)
+                  if getattr(self, n) > 0]
         return names
 
     @property
@@ -99,10 +105,23 @@ def parse_faults(spec: str | None) -> Faults:
                     f"fault '{name}' needs a number of seconds >= 0, e.g. {name}=2 (got '{item}')"
                 )
             flags[name] = seconds
+        elif name in FACTOR_NAMES:
+            flags[name] = _factor(name, value if sep else "", item)
         else:
-            known = ", ".join((*FLAG_NAMES, *(f"{v}=SECONDS" for v in VALUE_NAMES)))
+            known = ", ".join((*FLAG_NAMES, *(f"{v}=SECONDS" for v in VALUE_NAMES),
+                               *(f"{v}=FACTOR" for v in FACTOR_NAMES)))
             raise FaultSpecError(f"unknown fault '{name}' in {ENV_VAR} (known: {known})")
     return Faults(**flags)  # type: ignore[arg-type]
+
+
+def _factor(name: str, value: str, item: str) -> float:
+    try:
+        factor = float(value)
+    except ValueError:
+        factor = math.nan
+    if not math.isfinite(factor) or factor < 1:
+        raise FaultSpecError(f"fault '{name}' needs a factor >= 1, e.g. {name}=3 (got '{item}')")
+    return factor
 
 
 def faults_from_env(env: Mapping[str, str]) -> Faults:
@@ -118,3 +137,19 @@ def apply_model_faults(model: Any, faults: Faults) -> None:
         model._inv_freq = np.power(np.float32(theta / 100.0), -exponents).astype(np.float32)
     if faults.swapped_layers and len(model.layers) >= 2:
         model.layers[0], model.layers[1] = model.layers[1], model.layers[0]
+    if faults.slow_decode > 1:
+        _slow_decode(model, faults.slow_decode)
+
+
+def _slow_decode(model: Any, factor: float) -> None:
+    """Each one-token forward pass (a decode step) waits (factor - 1) times its own time."""
+    forward = model.forward
+
+    def slowed(token_ids: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = forward(token_ids, *args, **kwargs)
+        if len(token_ids) == 1:
+            time.sleep((factor - 1.0) * (time.perf_counter() - t0))
+        return out
+
+    model.forward = slowed

@@ -4,20 +4,25 @@ Why a port and not `Engine.generate`: the harness must accept exactly what the r
 sends, and its loop shapes the stream. Per request it logs narration lines (inference
 start, tokenize, "Reset KV cache ..."), feeds the prompt at position 0, then loops
 `for pos in 0..max_tokens`: forward (the prompt at pos 0, else the last token), sample,
-stop at EOS (the id of `"</s>"` in the tokenizer, else 151643; never emitted nor counted),
+stop at EOS (the id of `"</s>"` in the tokenizer, else the model's: 151643 for Qwen;
+never emitted nor counted),
 push the token through `TokenOutputStream` (pieces, not tokens), narrate every 10 steps;
 then flush `decode_rest`, log "Inference completed" and return. The stop reason is always
 MAX_TOKENS; `stop`, `repetition_penalty` and `min_p` have no effect; `decode_time_ms`
 includes the prefill. Any forward failure ends the request with exactly
 "Forward pass failed: Qwen forward pass failed" (candle's own text is dropped by the
-`anyhow` context, so it never reaches the stream or the log).
+`anyhow` context, so it never reaches the stream or the log); other architectures name
+themselves ("Llama forward pass failed", "Mistral ...", "Phi ..."), and Llama alone also
+logs ERROR "Llama forward pass failed - Candle error details" with candle's text, as
+models/llama.rs does.
 
 A healthy reference worker really resets the KV cache before each request and decodes at
 the right positions. Two fault switches (faults.py) restore the real CP3 bugs:
 `qwen_cache_bug` (the reset is a no-op that logs WARN "Cache reset not implemented for
-Qwen"; the prompt goes at position 0 onto the old cache, so a prompt of 2+ tokens fails
-once the cache is non-empty) and `decode_positions` (decode step `pos` runs at position
-`pos`, the loop index, instead of `prompt_len + pos - 1`).
+Qwen", or Mistral, Llama, Phi after the model's architecture; the prompt goes at position
+0 onto the old cache, so a prompt of 2+ tokens fails once the cache is non-empty) and
+`decode_positions` (decode step `pos` runs at position `pos`, the loop index, instead of
+`prompt_len + pos - 1`).
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from llorch_harness.lab.refworker import narration
+from llorch_harness.lab.refworker.decoder import CandleError
 from llorch_harness.lab.refworker.engine import Engine
 from llorch_harness.lab.refworker.faults import Faults
 from llorch_harness.lab.refworker.jsonbody import RawExecuteRequest
 from llorch_harness.lab.refworker.logs import JsonLogger
-from llorch_harness.lab.refworker.qwen2 import CandleError
 from llorch_harness.lab.refworker.sampling import make_rng, select_token
 from llorch_harness.lab.refworker.token_stream import TokenOutputStream
 from llorch_harness.lab.refworker.validation import DEFAULT_SEED, f32_text
@@ -44,10 +49,17 @@ __all__ = [
     "CandledResult",
     "InferenceFailed",
     "SamplingConfig",
+    "forward_failed_text",
 ]
 
 WARMUP_PROMPT = "Hello"
 FORWARD_FAILED = "Forward pass failed: Qwen forward pass failed"
+
+
+def forward_failed_text(display: str) -> str:
+    """The error event's text for a failed forward pass of a ``display`` model ("Qwen")."""
+    return f"Forward pass failed: {display} forward pass failed"
+
 PROGRESS_EVERY = 10
 
 
@@ -87,8 +99,8 @@ class CandledResult:
 
 
 class CandledBackend:
-    """`CandleInferenceBackend` for the Qwen path: owns the model's KV cache across calls,
-    as candle's model does (so a cache that is never reset stays polluted)."""
+    """`CandleInferenceBackend`: owns the model's KV cache across calls, as candle's model
+    does (so a cache that is never reset stays polluted)."""
 
     def __init__(self, engine: Engine, log: JsonLogger, faults: Faults) -> None:
         self.engine = engine
@@ -96,6 +108,7 @@ class CandledBackend:
         self.faults = faults
         self.cache = engine.model.new_cache()
         self.eos_id = engine.candled_eos_id
+        self.display = engine.architecture.display
 
     # -- start-up -------------------------------------------------------------------------
 
@@ -151,7 +164,7 @@ class CandledBackend:
     def _reset_cache(self, stale_prompt_len: int | None) -> int:
         """`model.reset_cache()`; returns the position the prompt goes to."""
         if self.faults.qwen_cache_bug:
-            self.log.warn("Cache reset not implemented for Qwen")
+            self.log.warn(f"Cache reset not implemented for {self.display}")
             return 0
         if stale_prompt_len is not None:
             return self.cache.length  # the legacy faults' stale cache: positions continue
@@ -173,7 +186,12 @@ class CandledBackend:
         try:
             return self.engine.model.forward(ids, self.cache, position=position)[-1]
         except (CandleError, ValueError) as err:
-            raise InferenceFailed(FORWARD_FAILED) from err
+            if self.display == "Llama":  # models/llama.rs logs candle's text first
+                self.log.error("Llama forward pass failed - Candle error details",
+                               error=str(err), position=position, input_shape=f"[1, {len(ids)}]")
+                if "shape" in str(err):
+                    self.log.error("Shape mismatch detected in forward pass")
+            raise InferenceFailed(forward_failed_text(self.display)) from err
 
     def _loop(self, ids: list[int], cfg: SamplingConfig,
               base: int) -> tuple[list[int], list[str]]:

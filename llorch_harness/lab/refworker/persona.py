@@ -41,6 +41,8 @@ class WorkerArgs:
     callback_url: str
     host: str = "127.0.0.1"
     device: int = 0  # --cuda-device / --metal-device (0 on cpu)
+    engine: str = "numpy"  # --engine numpy | torch (torch_engine.py)
+    torch_device: str | None = None  # --device cpu | cuda[:N] | mps; None: the persona's
 
 
 class SettingError(ValueError):

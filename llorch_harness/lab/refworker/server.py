@@ -225,7 +225,8 @@ class WorkerHandler(BaseHTTPRequestHandler):
             self._send_plain(HTTPStatus.BAD_REQUEST, b"invalid content-length")
             return None
         if length > MAX_BODY_BYTES:
-            return self._too_large()
+            self._too_large()
+            return None
         return self.rfile.read(length)
 
     def _read_chunked(self) -> bytes | None:
@@ -245,7 +246,8 @@ class WorkerHandler(BaseHTTPRequestHandler):
                 return b"".join(parts)
             total += size
             if total > MAX_BODY_BYTES:
-                return self._too_large()
+                self._too_large()
+                return None
             parts.append(self.rfile.read(size))
             self.rfile.readline(1024)
 
@@ -253,7 +255,6 @@ class WorkerHandler(BaseHTTPRequestHandler):
         self.close_connection = True  # the unread body stays on the wire
         self._send_plain(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                          b"Failed to buffer the request body: length limit exceeded")
-        return None
 
     def _discard_body(self) -> None:
         raw_len = self.headers.get("content-length")
@@ -265,7 +266,7 @@ class WorkerHandler(BaseHTTPRequestHandler):
     # -- responses ------------------------------------------------------------------------
 
     def _common_headers(self, extra: dict[str, str] | None = None) -> None:
-        self.send_header("x-correlation-id", self.correlation_id)
+        self.send_header("x-correlation-id", self.correlation_id or str(uuid.uuid4()))
         for k, v in (extra or {}).items():
             self.send_header(k, v)
         if self.server.closing or self.close_connection:

@@ -4,7 +4,8 @@ Why the exact order matters: the harness waits for milestones in the log and for
 callback, and it must learn that the port is open only from "HTTP server listening":
 
 1. "Starting llorch-<backend>-candled", device init and verification (persona.py);
-2. load: "Loading model...", "Detected model architecture", "Loaded Qwen model",
+2. load: "Loading model...", "Detected model architecture", "Loaded Qwen model" (Llama,
+   Mistral, Phi after the architecture),
    "Model and tokenizer loaded successfully" + narration, "Model loaded successfully"
    ("... on GPU" / "... on Metal GPU");
 3. cuda/metal: the warm-up pass ("Starting GPU warmup...", ..., "GPU warmup complete -
@@ -43,6 +44,7 @@ from llorch_harness.lab.refworker.logs import JsonLogger
 from llorch_harness.lab.refworker.persona import Persona, WorkerArgs
 from llorch_harness.lab.refworker.server import ServerContext, WorkerHTTPServer
 from llorch_harness.lab.refworker.service import InferenceService
+from llorch_harness.lab.refworker.torch_engine import NUMPY_ONLY_FAULTS, engine_facts, engine_for
 
 TEST_MODE_CALLBACK = "localhost:9999"
 
@@ -78,19 +80,21 @@ def load_engine(args: WorkerArgs, persona: Persona, log: JsonLogger) -> tuple[En
     """STEP 2: load model and tokenizer; returns the engine and the model size in bytes."""
     log.info(persona.load_message, model=str(args.model))
     try:
-        engine = Engine.load(args.model)
+        engine = engine_for(args.model, args.engine, args.torch_device, persona.backend,
+                            args.device)
     except Exception as err:
         raise StartupError(f"Failed to load model: {err}") from err
     size = model_size_bytes(args.model)
-    c = engine.config
-    log.info("Detected model architecture", architecture="qwen2", path=str(args.model))
-    log.info("Loaded Qwen model", architecture="qwen", hidden_size=c.hidden_size,
-             num_layers=c.num_hidden_layers, vocab_size=c.vocab_size)
-    log.info("Model and tokenizer loaded successfully", architecture="qwen",
+    c, arch = engine.config, engine.architecture
+    log.info("Detected model architecture", architecture=engine.detected_architecture,
+             path=str(args.model))
+    log.info(f"Loaded {arch.display} model", architecture=arch.worker_name,
+             hidden_size=c.hidden_size, num_layers=c.num_hidden_layers, vocab_size=c.vocab_size)
+    log.info("Model and tokenizer loaded successfully", architecture=arch.worker_name,
              vocab_size=c.vocab_size,
              tokenizer_vocab=engine.tokenizer.get_vocab_size(with_added_tokens=True),
              model_size_mb=size // 1_000_000)
-    narration.model_load(log, "qwen", size, c.vocab_size)
+    narration.model_load(log, arch.worker_name, size, c.vocab_size)
     log.info(persona.loaded_message)
     return engine, size
 
@@ -133,6 +137,8 @@ def prepare(args: WorkerArgs, persona: Persona, wire: str, faults: Faults,
         log.warn("Test-only fault switches active", faults=",".join(faults.active), env=ENV_VAR)
     persona.log_device(log, args.device)
     engine, size = load_engine(args, persona, log)
+    if args.engine != "numpy" and any(getattr(faults, f) for f in NUMPY_ONLY_FAULTS):
+        raise StartupError(f"fault switches {', '.join(NUMPY_ONLY_FAULTS)} need --engine numpy")
     apply_model_faults(engine.model, faults)
     backend = CandledBackend(engine, log, faults)
     service = InferenceService(engine, backend, faults, log, wire=wire)
@@ -148,10 +154,14 @@ def prepare(args: WorkerArgs, persona: Persona, wire: str, faults: Faults,
         _sleep_forever()
     if faults.slow_start > 0:
         time.sleep(faults.slow_start)
-    send_ready_callback(args, log, size)  # memory_bytes(): the model size on every backend
+    kind, device, measured = engine_facts(engine)
+    if measured is not None:  # the torch engine: what torch really holds on its device
+        log.info("Reference engine ready", engine=kind, device=device, vram_bytes=measured)
+    # memory_bytes(): the model size on every backend (numpy); torch: what it measured
+    send_ready_callback(args, log, size if measured is None else measured)
     return ServerContext(service=service, log=log, worker_id=args.worker_id,
                          model_name=engine.model_name, faults=faults,
-                         vram_bytes=persona.vram_bytes(size))
+                         vram_bytes=persona.vram_bytes(size) if measured is None else measured)
 
 
 def bind(args: WorkerArgs, persona: Persona, ctx: ServerContext) -> WorkerHTTPServer:
