@@ -10,7 +10,7 @@ anything is collected. A run is a gate run when (the first that holds is the rea
 
 1. this is an xdist worker of a gate run (its controller's decision came with it);
 2. a gate option is given: on the command line, in its environment variable or in its
-   ini key (the OptionSpec table of labs.py);
+   ini key (the OptionSpec table of options.py);
 3. a conftest.py loaded before collection declares `llorch_gate_suite = True`; pytest
    loads the conftest.py of the paths on the command line (or of `testpaths`) and of
    their parent directories before it configures, so `pytest`, `pytest -m cuda` and
@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from llorch_harness.plugin import labs
+from llorch_harness.plugin import options
 
 WORKERINPUT_KEY = "llorch_lab"
 GATE_SUITE_ATTR = "llorch_gate_suite"
@@ -45,7 +45,7 @@ def _ini_value(config: pytest.Config, name: str) -> object:
         return None
 
 
-def option_given(config: pytest.Config, spec: labs.OptionSpec,
+def option_given(config: pytest.Config, spec: options.OptionSpec,
                  env: Mapping[str, str]) -> str | None:
     """Where a gate option is set (`--lab`, `$LLORCH_LAB`, `ini llorch_lab`), else None."""
     if config.getoption(spec.dest, None) not in (None, [], False):
@@ -71,7 +71,7 @@ def activation_reason(config: pytest.Config, env: Mapping[str, str] | None = Non
         workerinput = getattr(config, "workerinput", {})
         return "xdist worker of a gate run" if WORKERINPUT_KEY in workerinput else None
     env = os.environ if env is None else env
-    for spec in labs.OPTIONS:
+    for spec in options.OPTIONS:
         where = option_given(config, spec, env)
         if where is not None:
             return f"gate option {where}"

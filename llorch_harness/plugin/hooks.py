@@ -4,7 +4,7 @@ Installed through an entry point, this module loads into every pytest run of the
 environment, so it stays thin: it registers the gate's options and markers, and only a
 gate run (activation.py says which runs are) imports and registers the gate itself
 (session.py: lab decision, banner, backend gating, fixtures, results). Other runs print
-what they print with `-p no:llorch_harness` and pay for nothing heavier than labs.py's
+what they print with `-p no:llorch_harness` and pay for nothing heavier than options.py's
 option table.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import pytest
 
-from llorch_harness.plugin import activation, labs
+from llorch_harness.plugin import activation, options
 
 _ACTIVE_KEY = pytest.StashKey[str]()  # why this run is a gate run (absent: it is not)
 IniType = Literal["string", "args", "bool"]
@@ -38,13 +38,13 @@ def marker_lines(rootdir: Path) -> list[str]:
     raise pytest.UsageError("llorch-harness: markers.ini not found (reinstall llorch-harness)")
 
 
-def _ini_type(spec: labs.OptionSpec) -> IniType:
+def _ini_type(spec: options.OptionSpec) -> IniType:
     return "bool" if spec.kind == "bool" else "args" if spec.kind == "list" else "string"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llorch", "llorch-harness CP3 gate")
-    for spec in labs.OPTIONS:
+    for spec in options.OPTIONS:
         kwargs: dict[str, Any] = {"dest": spec.dest, "default": None,
                                   "help": f"{spec.help} [env {spec.env}, ini {spec.ini}]"}
         if spec.kind == "bool":
