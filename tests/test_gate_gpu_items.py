@@ -89,3 +89,53 @@ def test_a_worker_that_leaves_a_child_fails_cleanup(tmp_path: Path) -> None:
         except (psutil.Error, OSError):
             continue
     assert not left, f"left behind after the gate: {left}"
+
+
+def _gate_popen(tmp: Path, lease_dir: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("LLORCH_", "PYTEST_"))}
+    full.update(env, LLORCH_LEASE_DIR=str(lease_dir))
+    (tmp / "pool").mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "pytest", str(REPO / "tests_hw"), "-p", "no:cacheprovider",
+            "--pool-root", str(tmp / "pool"), "--basetemp", str(tmp / "bt"), "-rA",
+            "--gate-model", "tiny-qwen", f"--llorch-bin-dir={tmp / 'bin'}", *args]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=full, cwd=tmp)
+
+
+def _cuda_workers_by_pool(pools: dict[str, str]) -> set[str]:
+    """Which of the runs have a worker on cuda alive right now (found by its pool root)."""
+    alive: set[str] = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if "--cuda-device" not in (proc.info["cmdline"] or []):
+                continue
+            pool = proc.environ().get("LLORCH_HARNESS_POOL")
+        except (psutil.Error, OSError):
+            continue
+        alive |= {name for name, root in pools.items() if root == pool}
+    return alive
+
+
+@pytest.mark.slow
+def test_two_concurrent_gate_runs_never_share_a_gpu(tmp_path: Path) -> None:
+    """Two gate runs with different pool roots on one host (two CI runners), started
+    together on cuda:0: at no moment are workers of both alive, and both pass (whoever
+    comes second waits for the lease; the wait's wording is tested in test_leases.py)."""
+    env = fakesmi.install(tmp_path, {"gpus": [fakesmi.gpu(0)]})
+    runs = {}
+    for name in ("a", "b"):
+        install_worker(tmp_path / name / "bin", "cuda")
+        runs[name] = _gate_popen(tmp_path / name, tmp_path / "leases", env, "-m", "cuda", "-k",
+                                 "worker_spawn_command or background_processes",
+                                 "--lease-wait", "600")
+    pools = {n: str((tmp_path / n / "pool").resolve()) for n in runs}
+    seen: list[set[str]] = []
+    try:
+        while any(p.poll() is None for p in runs.values()):
+            seen.append(_cuda_workers_by_pool(pools))
+    finally:
+        outs = {n: p.communicate(timeout=RUN_TIMEOUT_S)[0] for n, p in runs.items()}
+    for name, p in runs.items():
+        assert p.returncode == 0, outs[name][-6000:]
+    assert not [s for s in seen if len(s) > 1], "workers of both runs were alive on cuda:0"
+    assert {"a"} in seen and {"b"} in seen, "the sampler never saw a run's worker"

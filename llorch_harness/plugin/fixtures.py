@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -195,6 +196,7 @@ class WorkerFactory:
             extra_env=extra_env, worker_id=worker_id or self.default_id(backend, gpu, "spawn"),
             die_with_parent=True, lease_dir=self.lab.settings.lease_dir,
             lease_wait=self.lab.settings.lease_wait,
+            lease_out=sys.__stderr__,  # a wait for a leased device is said at once, past capture
         )
         _track(handle)
         self.spawned.append(handle)

@@ -192,11 +192,13 @@ def spawn_worker(
     ready_timeout: float = READY_TIMEOUT_S, extra_env: Mapping[str, str] | None = None,
     worker_id: str | None = None, out: TextIO | None = None, die_with_parent: bool = False,
     lease_dir: Path | str | None = None, lease_wait: float | None = None,
+    lease_out: TextIO | None = None,
 ) -> WorkerHandle:
     """Validate, start detached, wait for callback + healthy /health, record. Nothing is
     started until every check passed; a worker that fails to get ready is stopped. A GPU
-    worker first takes its device's lease (leases.py; waits up to `lease_wait` seconds)
-    and hands the lock to the worker, so the device stays leased while the worker lives."""
+    worker first takes its device's lease (leases.py; waits up to `lease_wait` seconds,
+    saying so on `lease_out`, else `out`) and hands the lock to the worker, so the device
+    stays leased while the worker lives."""
     _check_arguments(backend, worker, gpu, ready_timeout)
     wid = validate_worker_id(worker_id or f"worker-{backend}-{gpu}")
     entry, model_path = _resolve_model(paths, model_id, backend)
@@ -226,7 +228,7 @@ def spawn_worker(
                          get_backend(backend).command)
         lease = leases.lease_for_spawn(backend, gpu, {**os.environ, **(extra_env or {})},
                                        lease_dir, lease_wait, procs.pool_key(paths.root), wid,
-                                       out)
+                                       out if lease_out is None else lease_out)
         try:
             handle = _start(paths, plan, ready_timeout=ready_timeout, extra_env=extra_env,
                             out=out, die_with_parent=die_with_parent, lease=lease)
