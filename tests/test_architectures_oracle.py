@@ -27,6 +27,7 @@ transformers = pytest.importorskip("transformers", reason=_REASON)
 
 from llorch_harness.lab.refworker.engine import Engine, GenerationParams  # noqa: E402
 from llorch_harness.lab.tinymodel import build_tiny_model, corpus_text, export_variant  # noqa: E402
+from tests.test_oracle_transformers import _assert_close, _hf_logits  # noqa: E402  (one tolerance)
 
 ARCHS = ("llama", "phi3", "mistral")
 HF_CLASS = {"llama": "LlamaForCausalLM", "phi3": "Phi3ForCausalLM",
@@ -63,16 +64,6 @@ def _hf(model_dir: Path) -> Any:
     return model.eval()
 
 
-def _hf_logits(model: Any, ids: list[int]) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor([ids], dtype=torch.long)).logits[0].float().numpy()
-
-
-def _assert_close(ours: np.ndarray, ref: np.ndarray) -> None:
-    assert ours.shape == ref.shape
-    tol = 1e-4 * max(1.0, float(np.abs(ref).max()))
-    err = float(np.abs(ours - ref).max())
-    assert err <= tol, f"max |diff| {err} > {tol}"
 
 
 def _hf_greedy(model: Any, ids: list[int], n: int) -> list[int]:

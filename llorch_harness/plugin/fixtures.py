@@ -26,6 +26,7 @@ from filelock import FileLock
 
 from llorch_harness.errors import HarnessError
 from llorch_harness.plugin.labs import LabDecision, device_group
+from llorch_harness.plugin.memory import MemoryLedger, ledger
 from llorch_harness.pool import procs
 
 if TYPE_CHECKING:
@@ -127,7 +128,6 @@ def fetch_gate_model(paths: PoolPaths, model_id: str, endpoint: str | None,
 # --------------------------------------------------------------------------- workers
 
 
-
 class Stoppable(Protocol):
     """What the atexit and teardown safety net needs of a worker: a way to stop it."""
 
@@ -172,6 +172,7 @@ class WorkerFactory:
     gate_model: GateModel | None = None  # for the model files' hashes in every report
     live_workers: dict[tuple[str, int], WorkerHandle] = field(default_factory=dict)
     spawned: list[WorkerHandle] = field(default_factory=list)
+    memory: MemoryLedger = field(default_factory=MemoryLedger)  # each life's memory (issue 15)
 
     def worker_kind(self, backend: str) -> str:
         st = self.lab.backends[backend]
@@ -189,6 +190,7 @@ class WorkerFactory:
         from llorch_harness.pool.workers import spawn_worker
 
         kind = self.worker_kind(backend)
+        before = self.memory.before(backend, gpu)
         handle = spawn_worker(
             self.paths, backend, self.model_id, gpu=gpu, port=0, worker=kind,
             bin_dir=self.lab.settings.bin_dir,
@@ -200,6 +202,7 @@ class WorkerFactory:
         )
         _track(handle)
         self.spawned.append(handle)
+        self.memory.start(handle, before)
         return handle
 
     def live(self, backend: str, gpu: int = 0) -> WorkerHandle:
@@ -231,6 +234,7 @@ class WorkerFactory:
             return handle.stop(grace=grace)
         finally:
             _untrack(handle)
+            self.memory.finish(handle)
 
     def stop_all(self) -> None:
         for handle in [*self.spawned]:
@@ -327,9 +331,10 @@ def downloaded_model(lab: LabDecision, pool_paths: PoolPaths, hub: LocalHub | No
 
 
 @pytest.fixture(scope="session")
-def worker_factory(lab: LabDecision, pool_paths: PoolPaths,
-                   downloaded_model: GateModel) -> Iterator[WorkerFactory]:
-    factory = WorkerFactory(lab, pool_paths, downloaded_model.model_id, downloaded_model)
+def worker_factory(lab: LabDecision, pool_paths: PoolPaths, downloaded_model: GateModel,
+                   request: pytest.FixtureRequest) -> Iterator[WorkerFactory]:
+    factory = WorkerFactory(lab, pool_paths, downloaded_model.model_id, downloaded_model,
+                            memory=ledger(request.config))
     try:
         yield factory
     finally:

@@ -11,7 +11,7 @@ import pytest
 
 from llorch_harness.errors import HarnessError
 from llorch_harness.gate import checklist as gate
-from llorch_harness.plugin import labs
+from llorch_harness.plugin import labs, memory
 from llorch_harness.plugin import report as rpt
 from llorch_harness.plugin.activation import is_xdist_worker
 from llorch_harness.plugin.fixtures import LAB_KEY, stop_tracked
@@ -37,6 +37,7 @@ class GateResults:
         self.collector = gate.GateCollector()
         self.started_at = now()
         self.health: Any = None  # devicehealth.session.SessionHealth on the controller
+        self.memory: list[dict[str, Any]] = []  # every worker life's memory (controller)
 
     @property
     def decision(self) -> labs.LabDecision:
@@ -62,6 +63,11 @@ class GateResults:
             self.config.stash[metadata_key].update(
                 {k: labs.redact(v) for k, v in rows.items()})
 
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """xdist controller: its workers write their worker lives' memory where it reads."""
+        node.workerinput[memory.WORKERINPUT_KEY] = str(memory.ledger(self.config).directory)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
         self.collector.add_report(
@@ -76,6 +82,8 @@ class GateResults:
             self.health.finish()
             self._health_rows()
         perf = None if is_xdist_worker(self.config) else self._perf_finish()
+        if not is_xdist_worker(self.config):
+            self.memory = memory.collect(self.config)
         path = self.decision.settings.gate_json
         if is_xdist_worker(self.config) or not path:
             return
@@ -86,6 +94,7 @@ class GateResults:
             doc["performance"] = perf
         if self.health is not None:
             doc["device_health"] = self.health.to_json()
+        doc["memory"] = self.memory
         try:  # atomic, and one line instead of an INTERNALERROR traceback on failure
             gate.write_gate_json(path, labs.redact(gate.dumps(doc)))
         except HarnessError as err:
@@ -137,6 +146,8 @@ class GateResults:
         prefix.append(rpt.banner_html(self.decision.banner(), self.decision.lab))
         collector = self.collector
         prefix.append(rpt.checklist_html(collector.item_rollup(), collector.verdict()))
+        if self.memory:
+            prefix.append(memory.report_html(self.memory))
         from llorch_harness.perf import runkey
 
         if runkey.ran_perf(self.config, collector):

@@ -30,6 +30,8 @@ DEFAULT_GROWTH_MIB = 16.0  # absolute floor of the growth that fails
 DEFAULT_GROWTH_FRACTION = 0.05  # ... or this share of the memory at the first kept reading
 DEFAULT_RETURN_TOLERANCE_MIB = 64.0  # device memory after the stop vs before the spawn
 PEAK_INTERVAL_S = 0.2
+LIFE_INTERVAL_S = 0.5  # a whole worker life sampled for its peak: RSS reads are cheap
+LIFE_INTERVAL_GPU_S = 1.0  # ... and a GPU read may have to ask nvidia-smi
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -127,6 +129,9 @@ class MemoryWatch:
         self.device_after_mib: float | None = None
         self.samples: list[MemorySample] = []
         self.peak_sample: MemorySample | None = None
+        self._lock = threading.Lock()  # the sampler thread and the caller both note peaks
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     @staticmethod
     def device_used_mib(backend: str, index: int = 0) -> float | None:
@@ -145,26 +150,49 @@ class MemoryWatch:
         return s
 
     def _note_peak(self, s: MemorySample) -> None:
-        if self.peak_sample is None or _size(s) > _size(self.peak_sample):
-            self.peak_sample = MemorySample("peak", s.rss_bytes, s.gpu_bytes, s.pids)
+        with self._lock:
+            if self.peak_sample is None or _size(s) > _size(self.peak_sample):
+                self.peak_sample = MemorySample("peak", s.rss_bytes, s.gpu_bytes, s.pids)
+
+    def start_peak(self, interval: float = PEAK_INTERVAL_S) -> None:
+        """Sample in a background thread until `stop_peak()` or the process tree is gone
+        (a worker stopped behind our back costs no more reads)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+
+        def run() -> None:
+            while not self._stop.is_set():
+                s = self.read("peak")
+                if not s.pids:
+                    return
+                self._note_peak(s)
+                self._stop.wait(interval)
+
+        self._thread = threading.Thread(target=run, name=f"memwatch-{self.pid}", daemon=True)
+        self._thread.start()
+
+    def stop_peak(self) -> None:
+        """End the sampler (idempotent); the peak so far stays."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def sampling(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     @contextlib.contextmanager
     def peak(self, interval: float = PEAK_INTERVAL_S) -> Iterator[None]:
-        """Sample in the background while the body runs (the gate's requests)."""
-        stop = threading.Event()
-
-        def run() -> None:
-            while not stop.is_set():
-                self._note_peak(self.read("peak"))
-                stop.wait(interval)
-
-        t = threading.Thread(target=run, name="memwatch", daemon=True)
-        t.start()
+        """Sample in the background while the body runs (the gate's requests); a sampler
+        already running for the whole life is left running."""
+        started = not self.sampling
+        self.start_peak(interval)
         try:
             yield
         finally:
-            stop.set()
-            t.join(timeout=30)
+            if started:
+                self.stop_peak()
 
     def after_stop(self, settle_s: float = 3.0,
                    reader: Callable[[str, int], float | None] | None = None) -> float | None:
