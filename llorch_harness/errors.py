@@ -33,7 +33,7 @@ its own exceptions mimic candle's and llorch-candled's and end as that program's
 status or HTTP answer, never as a harness error:
 
     CandleError, BroadcastError, ContextOverflowError, InferenceFailed, StartupError,
-    SettingError, FaultSpecError, JsonRejection, CliExit
+    SettingError, FaultSpecError, JsonRejection, SerdeError, CliExit
 
 Private classes (a leading underscore) are control flow inside their module.
 """
