@@ -100,8 +100,10 @@ def test_planted_pools_file_in_the_current_directory_is_never_loaded(box: Box,
     calls = box.ssh_calls()
     assert "evil_ssh_config" not in calls and "touch" not in calls, calls
     assert not box.canary.exists()
-    # `--host mac` is then a plain ssh destination; the others find no pools file at all
-    assert runs["pool"].returncode == 255 and "-- mac llorch-pool models list" in calls
+    # `--host mac` is then a plain ssh destination (the remote command runs under the
+    # transport's hang-up wrapper, then its own words); the others find no pools file at all
+    assert runs["pool"].returncode == 255 and "-- mac exec /bin/sh -c" in calls
+    assert calls.rstrip().endswith(" llorch-pool models list"), calls
     for name in ("pools", "pools list", "gate run"):
         r = runs[name]
         assert r.returncode == 2 and "no pools file found" in r.stderr, (name, r.stderr)
