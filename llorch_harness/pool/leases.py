@@ -56,6 +56,7 @@ __all__ = ["DEFAULT_LEASE_DIR", "DEFAULT_LEASE_WAIT_S", "DeviceKey", "Lease", "L
            "resolve_lease_wait"]
 LEASED_BACKENDS = ("cuda", "metal")  # the CPU is shared by design; GPUs are not
 _POLL_S = 0.1
+_RECORD_GRACE_S = 1.0  # how long a waiter waits for a new holder's record before saying so
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -295,15 +296,19 @@ def _borrow_from_my_run(fd: int, lease_dir: Path, key: DeviceKey) -> Lease | Non
 
 def _wait_for_lock(fd: int, key: DeviceKey, lease_dir: Path, wait: float,
                    out: TextIO | None) -> None:
-    deadline = time.monotonic() + wait
+    started = time.monotonic()
+    deadline = started + wait
     said = False
     while not _try_lock(fd):
-        holder = describe_holder(read_holder(lease_dir, key.key))
+        record = read_holder(lease_dir, key.key)
+        holder = describe_holder(record)
         if time.monotonic() >= deadline:
             raise HarnessError(
                 f"device {key.label} is in use: {holder}",
                 "wait for that run to end (see llorch-pool leases), or raise --lease-wait")
-        if not said and out is not None:
+        # a holder writes its record just after it locks: give it a moment to appear
+        fresh = record is not None or time.monotonic() - started >= _RECORD_GRACE_S
+        if not said and fresh and out is not None:
             print(f"⏳ waiting up to {wait:g} s for device {key.label}: {holder}",
                   file=out, flush=True)
             said = True
