@@ -85,6 +85,19 @@ def file_kind(mode: int) -> str:
     return "not a regular file"
 
 
+def refuse_non_regular_target(path: Path, what: str, hint: str) -> None:
+    """A file we are about to write must be absent or a regular file: a FIFO, device or
+    directory at the target is refused (exit 2) naming `what` it is for, before any work."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise HarnessError(f"{what} {path}: {exc.strerror or exc}", hint, 2) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise HarnessError(f"{what} {path} is {file_kind(st.st_mode)}, not a file", hint, 2)
+
+
 class NotRegularFileError(HarnessError):
     """A path the harness reads (catalog, record, log, result) that is not a regular file.
 

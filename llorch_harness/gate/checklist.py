@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llorch_harness.errors import HarnessError
-from llorch_harness.fsutil import atomic_write_text, file_kind
+from llorch_harness.fsutil import atomic_write_text, refuse_non_regular_target
 from llorch_harness.pool.backends import BACKEND_NAMES
 
 CHECKPOINT = "CP3"
@@ -322,15 +321,7 @@ def check_gate_json_target(path: str | Path) -> Path:
     """
     target = Path(path).expanduser()
     hint = "--gate-json or LLORCH_GATE_JSON must name a file in a writable directory"
-    try:
-        st = target.stat()
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise HarnessError(f"gate JSON target {target}: {exc.strerror or exc}", hint, 2) from None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise HarnessError(f"gate JSON target {target} is {file_kind(st.st_mode)}, not a file",
-                           hint, 2)
+    refuse_non_regular_target(target, "gate JSON target", hint)
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llorch_harness.errors import HarnessError
-from llorch_harness.fsutil import file_kind
+from llorch_harness.fsutil import refuse_non_regular_target
 from llorch_harness.perf.figures import Figure
 
 BUSY_TIMEOUT_S = 30.0
@@ -141,15 +140,7 @@ class NewRun:
 def check_target(path: Path) -> Path:
     """A store path must be a regular file or absent, in a directory that can hold it."""
     path = Path(path).expanduser()
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        st = None
-    except OSError as exc:
-        raise HarnessError(f"results store {path}: {exc.strerror or exc}", HINT, 2) from None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise HarnessError(f"results store {path} is {file_kind(st.st_mode)}, not a file",
-                           HINT, 2)
+    refuse_non_regular_target(path, "results store", HINT)
     return path
 
 
