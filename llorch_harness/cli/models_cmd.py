@@ -7,15 +7,26 @@ import json
 from typing import Any
 
 from llorch_harness.cli.common import pool_paths
+from llorch_harness.errors import HarnessError
 from llorch_harness.pool import catalog as cat
 from llorch_harness.pool.units import format_gb
 
 
 def cmd_download(args: argparse.Namespace) -> int:
+    if args.all == bool(args.model_id):
+        raise HarnessError("give a model id or --all (not both)",
+                           "e.g. llorch-pool models download qwen-0.5b, or --all for CP4's "
+                           "models", exit_code=2)
+    if args.all:
+        from llorch_harness.pool.downloadall import download_all
+
+        download_all(pool_paths(args), force=args.force, keep_free=args.keep_free,
+                     stall_timeout=args.stall_timeout)
+        return 0
     from llorch_harness.pool.download import download_model
 
     download_model(pool_paths(args), args.model_id, force=args.force,
-                   stall_timeout=args.stall_timeout)
+                   stall_timeout=args.stall_timeout, keep_free=args.keep_free)
     return 0
 
 

@@ -64,9 +64,30 @@ class PoolCommand:
 # --------------------------------------------------------------------------- models
 
 
+# pool.diskspace.DEFAULT_KEEP_FREE (a test checks they agree), spelled out here because
+# parsing must not import the catalog and its file locks
+KEEP_FREE_DEFAULT = 1024**3
+
+
+def _size(text: str) -> int:
+    """argparse type for --keep-free: a size (diskspace.parse_size), a usage error if not."""
+    from llorch_harness.pool.diskspace import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_models_download(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_id")
+    p.add_argument("model_id", nargs="?", help="catalog or built-in model id (or --all)")
+    p.add_argument("--all", action="store_true",
+                   help="every catalog model plus CP4's qwen-0.5b, tinyllama, phi3 and "
+                   "mistral, smallest first; a failure does not stop the others")
     p.add_argument("--force", action="store_true", help="download again even if verified")
+    p.add_argument("--keep-free", type=_size, default=KEEP_FREE_DEFAULT, metavar="SIZE",
+                   help="refuse a model whose download would leave less than SIZE free on "
+                   "its disk (e.g. 5G, 500M, bytes; default 1G; 0: no margin)")
     p.add_argument("--stall-timeout", type=_positive_seconds, default=60.0, metavar="S",
                    help="give up when a hub answer is not complete, or a file delivers less "
                    "than 64 KiB, within S seconds (default 60)")

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from llorch_harness.errors import HarnessError
 from llorch_harness.pool import catalog as cat
-from llorch_harness.pool import hubdeadline
+from llorch_harness.pool import diskspace, hubdeadline
 from llorch_harness.pool.hubfiles import (
     DEFAULT_ENDPOINT,
     SHA1_RE,
@@ -154,17 +154,23 @@ def download_model(
     token: str | None = None,
     out: TextIO | None = None,
     stall_timeout: float = hubdeadline.DEFAULT_STALL_S,
+    keep_free: int = diskspace.DEFAULT_KEEP_FREE,
 ) -> DownloadResult:
     """Download, verify, record. Already verified (and not `force`): no network at all.
 
     `stall_timeout`: every hub answer must complete, and every file must keep delivering
     (hubdeadline.STALL_MIN_BYTES), within that many seconds; else one error line, and the
-    model lock is released (issue 20 #11)."""
+    model lock is released (issue 20 #11). `keep_free`: bytes that must stay free on the
+    model's filesystem after the download; checked once the listing is known, before any
+    byte is fetched or the catalog changes (diskspace)."""
     out = out if out is not None else sys.stdout
     if not (isinstance(stall_timeout, int | float) and math.isfinite(stall_timeout)
             and stall_timeout > 0):
         raise HarnessError(f"stall timeout {stall_timeout!r} is not a positive number",
                            "pass --stall-timeout SECONDS", exit_code=2)
+    if isinstance(keep_free, bool) or not isinstance(keep_free, int) or keep_free < 0:
+        raise HarnessError(f"keep-free {keep_free!r} is not a size in bytes (0 or more)",
+                           f"pass --keep-free SIZE: {diskspace.SIZE_FORMS}", exit_code=2)
     cat.read_catalog(paths)  # an unparseable catalog stops us before anything else
     entry = cat.lookup_or_register(paths, model_id)
     if not force and quick_check(paths, entry):
@@ -180,7 +186,8 @@ def download_model(
             return _already(paths, entry, out)  # another process finished it while we waited
         repo = validate_repo_id(entry.repo)
         with hubdeadline.hub_deadlines(stall_timeout):
-            return _download_locked(paths, entry, repo, endpoint_url, tok, force, out)
+            return _download_locked(paths, entry, repo, endpoint_url, tok, force, out,
+                                    keep_free)
 
 
 def _already(paths: PoolPaths, entry: cat.ModelEntry, out: TextIO) -> DownloadResult:
@@ -196,13 +203,18 @@ def _already(paths: PoolPaths, entry: cat.ModelEntry, out: TextIO) -> DownloadRe
 
 
 def _download_locked(paths: PoolPaths, entry: cat.ModelEntry, repo: str, endpoint: str,
-                     token: str | None, force: bool, out: TextIO) -> DownloadResult:
+                     token: str | None, force: bool, out: TextIO,
+                     keep_free: int) -> DownloadResult:
     model_id = entry.id
     model_dir = model_dir_for(paths, entry)
     _print(out, f"📥 Downloading {entry.name} from {repo}")
     _print(out, f"   Target: {paths.relative(model_dir)}")
     sha, files = _listed_files(model_id, repo, endpoint, token, model_dir)
     check_write_targets(paths, model_dir, [f.path for f in files])  # and symlinks
+    needed, free = diskspace.check_space(model_id, model_dir, [(f.path, f.size) for f in files],
+                                         keep_free)  # before any write: a refusal changes nothing
+    _print(out, f"   Disk: needs {diskspace.format_size(needed)}, "
+                f"{diskspace.format_size(free)} free (keeps {diskspace.format_size(keep_free)})")
     if entry.downloaded:
         set_downloaded(paths, entry, False)  # never true while files may change
     paths.writable_dir(model_dir)
