@@ -97,7 +97,7 @@ def test_ordinary_lines_do_not_match(line: str) -> None:
 
 
 def test_versioned_and_named() -> None:
-    assert PATTERNS_VERSION == "2026-11-28.2"
+    assert PATTERNS_VERSION == "2026-12-02.1"
     names = [p.name for p in PATTERNS]
     assert len(names) == len(set(names))
     assert all(p.description and p.source_hint for p in PATTERNS)

@@ -84,6 +84,10 @@ def test_xdist_gives_the_same_verdict_and_downloads_once(healthy):
     docs = {n: json.loads((healthy[n]["tmp"] / "g.json").read_text()) for n in healthy}
     assert _item_statuses(docs["serial"]) == _item_statuses(docs["xdist"])
     assert docs["serial"]["verdict"] == docs["xdist"]["verdict"]
+    # every worker life on the one device came from one xdist worker (its device group):
+    # pytest 9 drops xdist 3.8's own group suffix, the plugin schedules the groups itself
+    lives = docs["xdist"]["memory"]
+    assert lives and len({r["xdist_worker"] for r in lives}) == 1, lives
     log = healthy["xdist"]["tmp"] / "pool" / ".runtime" / "gate" / "downloads.jsonl"
     entries = [json.loads(ln) for ln in log.read_text().splitlines()]
     fetched = [e for e in entries if not e["already_downloaded"]]

@@ -18,6 +18,14 @@ ALL_BACKENDS = (pytest.mark.cpu, pytest.mark.cuda, pytest.mark.metal)
 CLI_TIMEOUT_S = 600.0
 POOL_MODULE = "llorch_harness.cli.pool_main"
 LLORCH_MODULE = "llorch_harness.cli.llorch_main"
+# the inference checks of test_qwen_inference.py that run once per model (CP4's
+# "Every model works on every backend of this pool" needs each of them to pass)
+MODEL_CHECKS = (
+    "test_output_agrees_with_reference", "test_greedy_repeat_identical",
+    "test_interleaved_prompt_lengths", "test_restart_gives_same_tokens",
+    "test_no_error_patterns", "test_seeded_sampling", "test_streams_obey_contract",
+    "test_tokens_generated", "test_golden_tokens",
+)
 
 
 def pool_level(fn: Any) -> Any:

@@ -1,4 +1,4 @@
-"""CP3 gate, Qwen Testing: inference checks (a)-(g) on one live worker per backend.
+"""CP3 gate, Qwen Testing: inference checks (a)-(g) on one live worker per model and backend.
 
 The "broadcasting" bug of llorch-candled shows as an error event and WARN line on the
 first or second request of a worker's life, or silently as different tokens for the same
@@ -6,8 +6,10 @@ greedy request; so these checks repeat, interleave prompt lengths, restart, scan
 streams, and compare against golden files.
 
 The checks themselves live in `llorch_harness.checks.inference_checks` (plain, unit-tested
-functions); these tests only pick the worker, keep every stream of a backend for (e) and
-(f), record what the report shows and turn an outcome into a gate verdict.
+functions); these tests only pick the worker, keep every stream of a model and backend for
+(e) and (f), record what the report shows and turn an outcome into a gate verdict. Every
+check but "Qwen works" (a CP3 item about the gate model) takes `model_under_test`, so
+`--gate-models A,B,...` runs it once per model (CP4); with one model the ids are CP3's.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from gatehelpers import backend_param, expect
 
 from llorch_harness.checks import inference_checks as ic
 from llorch_harness.checks.workerclient import StreamResult
+from llorch_harness.plugin import models
 from llorch_harness.plugin.fixtures import note_log, worker_facts
 from llorch_harness.pool.backends import PREFERENCE
 
@@ -39,31 +42,32 @@ WORKS_ITEM = {"metal": "Qwen works on Metal (mac)", "cuda": "Qwen works on CUDA 
 _BULKY = ("streams", "token_streams", "tokens_per_sec", "comparisons")  # shown elsewhere
 REFERENCE_ITEM = "Output agrees with the reference implementation"
 
-_STREAMS: dict[str, list[StreamResult]] = {}  # every stream per backend, for checks (e), (f)
-_LOG_START: dict[str, tuple[str, int]] = {}    # log path and size before the first request
+_LOG_START: dict[tuple[str, str], tuple[str, int]] = {}  # log and size before the 1st request
 
 
-def _worker(worker_factory, backend: str, gate_record: dict[str, Any]) -> Any:
-    handle = worker_factory.live(backend)
+def _worker(factory, backend: str, gate_record: dict[str, Any]) -> Any:
+    """The live worker of the factory's model on this backend."""
+    handle = factory.live(backend)
     log = str(handle.log_path)
-    if backend not in _LOG_START or _LOG_START[backend][0] != log:
-        _LOG_START[backend] = (log, Path(log).stat().st_size if Path(log).exists() else 0)
+    key = (factory.model_id, backend)
+    if key not in _LOG_START or _LOG_START[key][0] != log:
+        _LOG_START[key] = (log, Path(log).stat().st_size if Path(log).exists() else 0)
     note_log(gate_record, log)
-    gate_record.setdefault("worker", worker_facts(handle, worker_factory.gate_model))
+    gate_record.setdefault("worker", worker_facts(handle, factory.gate_model))
     return handle
 
 
 def _run(handle, backend: str, prompt: str, tag: str, max_tokens: int = MAX_TOKENS
          ) -> StreamResult:
-    """One greedy request whose stream joins this backend's streams."""
+    """One greedy request whose stream joins this model's and backend's streams."""
     res = ic.run_request(handle.uri, prompt, max_tokens, f"{backend}-{tag}",
                          log_path=handle.log_path)
-    _STREAMS.setdefault(backend, []).append(res)
+    models.add_streams(handle.model_id, backend, [res])
     return res
 
 
-def _collect(backend: str, outcome: ic.CheckOutcome) -> ic.CheckOutcome:
-    _STREAMS.setdefault(backend, []).extend(outcome.results)
+def _collect(handle, backend: str, outcome: ic.CheckOutcome) -> ic.CheckOutcome:
+    models.add_streams(handle.model_id, backend, outcome.results)
     return outcome
 
 
@@ -117,16 +121,19 @@ def test_qwen_works(backend, worker_factory, reference_runner, gate_record):
 
 @pytest.mark.gate(SECTION, REFERENCE_ITEM)
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_output_agrees_with_reference(backend, worker_factory, reference_runner, gate_record):
-    """Every greedy stream of this backend (the gate prompts, fresh, and every earlier check's)
-    agrees token by token with an independent implementation on the same model files."""
+def test_output_agrees_with_reference(backend, model_under_test, gate_record):
+    """Every greedy stream of this model and backend (the gate prompts, fresh, and every
+    earlier check's) agrees token by token with an independent implementation on the same
+    model files."""
+    reference_runner = model_under_test.reference
     if reference_runner is None:
         pytest.skip("reference check off (--reference off): the worker's output is judged only "
                     "against itself")
-    handle = _worker(worker_factory, backend, gate_record)
+    handle = _worker(model_under_test.factory, backend, gate_record)
     fresh = [_run(handle, backend, prompt, f"ref-{name}")
              for name, prompt in {**ic.GATE_PROMPTS, **GOLDEN_PROMPTS}.items()]
-    out = ic.check_reference(reference_runner, _STREAMS.get(backend, fresh))
+    out = ic.check_reference(reference_runner,
+                             models.streams(handle.model_id, backend) or fresh)
     _record(gate_record, out, fresh)
     gate_record["reference"] = reference_runner.identity
     gate_record["reference comparisons"] = out.details.get("comparisons")
@@ -138,10 +145,10 @@ def test_output_agrees_with_reference(backend, worker_factory, reference_runner,
 
 @pytest.mark.gate(SECTION, "No broadcasting errors")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_greedy_repeat_identical(backend, worker_factory, gate_record):
+def test_greedy_repeat_identical(backend, model_under_test, gate_record):
     """(a) the same greedy request three times gives identical tokens."""
-    handle = _worker(worker_factory, backend, gate_record)
-    out = _collect(backend, ic.check_greedy_repeat(handle.uri, SHORT, MAX_TOKENS, times=3,
+    handle = _worker(model_under_test.factory, backend, gate_record)
+    out = _collect(handle, backend, ic.check_greedy_repeat(handle.uri, SHORT, MAX_TOKENS, times=3,
                                                      log_path=handle.log_path))
     _record(gate_record, out)
     _verdict(out, "3 greedy requests with the same prompt give identical tokens",
@@ -150,11 +157,11 @@ def test_greedy_repeat_identical(backend, worker_factory, gate_record):
 
 @pytest.mark.gate(SECTION, "No broadcasting errors")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_interleaved_prompt_lengths(backend, worker_factory, gate_record):
+def test_interleaved_prompt_lengths(backend, model_under_test, gate_record):
     """(b) short, long, short: the short prompt's tokens identical both times, no error."""
-    handle = _worker(worker_factory, backend, gate_record)
-    out = _collect(backend, ic.check_interleaved_lengths(handle.uri, SHORT, LONG, MAX_TOKENS,
-                                                          log_path=handle.log_path))
+    handle = _worker(model_under_test.factory, backend, gate_record)
+    out = _collect(handle, backend, ic.check_interleaved_lengths(
+        handle.uri, SHORT, LONG, MAX_TOKENS, log_path=handle.log_path))
     _record(gate_record, out)
     _verdict(out, "short, long, short prompt: no error, short prompt's tokens identical before "
                   "and after the long prompt", handle.log_path)
@@ -162,15 +169,16 @@ def test_interleaved_prompt_lengths(backend, worker_factory, gate_record):
 
 @pytest.mark.gate(SECTION, "No broadcasting errors")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_restart_gives_same_tokens(backend, worker_factory, gate_record):
+def test_restart_gives_same_tokens(backend, model_under_test, gate_record):
     """(d) stop and respawn the worker: the greedy tokens equal those from before."""
+    worker_factory = model_under_test.factory
     handle = _worker(worker_factory, backend, gate_record)
     before = ic.check_answer(_run(handle, backend, SHORT, "restart-before"),
                              "the greedy request before the restart")
     _record(gate_record, before)
     _verdict(before, "a successful greedy request before the restart", handle.log_path)
     fresh = worker_factory.restart(backend)
-    _LOG_START[backend] = (str(fresh.log_path), 0)
+    _LOG_START[(fresh.model_id, backend)] = (str(fresh.log_path), 0)
     note_log(gate_record, fresh.log_path)
     after = ic.check_answer(_run(fresh, backend, SHORT, "restart-after"),
                             "the greedy request after the restart")
@@ -183,14 +191,14 @@ def test_restart_gives_same_tokens(backend, worker_factory, gate_record):
 
 @pytest.mark.gate(SECTION, "No broadcasting errors")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_no_error_patterns(backend, worker_factory, gate_record):
+def test_no_error_patterns(backend, model_under_test, gate_record):
     """(f) the worker log since the checks began and every stream: no known error pattern."""
-    handle = _worker(worker_factory, backend, gate_record)
+    handle = _worker(model_under_test.factory, backend, gate_record)
     fresh = [_run(handle, backend, prompt, tag)
              for tag, prompt in (("scan-short", SHORT), ("scan-long", LONG),
                                  ("scan-short-2", SHORT))]
-    log, start = _LOG_START[backend]
-    out = ic.check_no_error_patterns(Path(log), start, _STREAMS.get(backend, []))
+    log, start = _LOG_START[(handle.model_id, backend)]
+    out = ic.check_no_error_patterns(Path(log), start, models.streams(handle.model_id, backend))
     _record(gate_record, out, fresh)
     gate_record["error_patterns_version"] = out.details.get("patterns_version")
     gate_record["streams_scanned"] = out.details.get("streams_scanned")
@@ -199,10 +207,10 @@ def test_no_error_patterns(backend, worker_factory, gate_record):
 
 @pytest.mark.gate(SECTION, "Inference completes successfully")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_seeded_sampling(backend, worker_factory, gate_record):
+def test_seeded_sampling(backend, model_under_test, gate_record):
     """(c) temperature 0.7 seed 42 twice: identical; three other seeds: not all the same."""
-    handle = _worker(worker_factory, backend, gate_record)
-    out = _collect(backend, ic.check_seeded_sampling(handle.uri, SHORT, MAX_TOKENS,
+    handle = _worker(model_under_test.factory, backend, gate_record)
+    out = _collect(handle, backend, ic.check_seeded_sampling(handle.uri, SHORT, MAX_TOKENS,
                                                       log_path=handle.log_path))
     _record(gate_record, out)
     _verdict(out, "seed 42 twice gives identical tokens; seeds 1, 2, 3 do not all give the "
@@ -211,13 +219,14 @@ def test_seeded_sampling(backend, worker_factory, gate_record):
 
 @pytest.mark.gate(SECTION, "Inference completes successfully")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_streams_obey_contract(backend, worker_factory, gate_record):
+def test_streams_obey_contract(backend, model_under_test, gate_record):
     """(e) started first, consecutive indices, one terminal event, tokens_out, stop_reason,
     max_tokens honoured: for fresh requests and every stream of this backend so far."""
-    handle = _worker(worker_factory, backend, gate_record)
+    handle = _worker(model_under_test.factory, backend, gate_record)
     fresh = [_run(handle, backend, SHORT, f"contract-{n}", max_tokens=n)
              for n in (1, 5, MAX_TOKENS)]
-    out = ic.check_contract(_STREAMS.get(backend, []))  # each request's own max_tokens
+    # each request's own max_tokens
+    out = ic.check_contract(models.streams(handle.model_id, backend))
     _record(gate_record, out, fresh)
     gate_record["streams_checked"] = out.details.get("streams_checked")
     _verdict(out, "every stream obeys the contract", handle.log_path)
@@ -225,34 +234,35 @@ def test_streams_obey_contract(backend, worker_factory, gate_record):
 
 @pytest.mark.gate(SECTION, "Tokens are generated")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_tokens_generated(backend, worker_factory, reference_runner, gate_record):
+def test_tokens_generated(backend, model_under_test, gate_record):
     """max_tokens tokens generated per the log's "Inference completed" (fewer only at EOS,
     where the reference expects it), pieces with text, the log's piece count equals the
     token events, and the tokens agree with the reference implementation."""
-    handle = _worker(worker_factory, backend, gate_record)
+    handle = _worker(model_under_test.factory, backend, gate_record)
     out = ic.check_tokens_generated(_run(handle, backend, SHORT, "tokens"), MAX_TOKENS,
                                     "the greedy request")
     _record(gate_record, out)
     _verdict(out, f"{MAX_TOKENS} tokens generated per the worker log (fewer only at EOS), "
                   "pieces with text, the log's counts equal the stream's", handle.log_path)
-    _agrees(reference_runner, gate_record, out.results, handle.log_path)
+    _agrees(model_under_test.reference, gate_record, out.results, handle.log_path)
 
 
 @pytest.mark.gate(SECTION, "Tokens are generated")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_golden_tokens(backend, lab, worker_factory, reference_runner, gate_record):
+def test_golden_tokens(backend, lab, model_under_test, gate_record):
     """(g) greedy tokens equal the golden file of this model and backend, a per-hardware
     regression check on top of the reference (--update-golden records only output that
     agrees with it; a missing golden passes when it agrees); across backends the common
     prefix must reach --golden-min-prefix."""
-    handle = _worker(worker_factory, backend, gate_record)
+    reference_runner = model_under_test.reference
+    handle = _worker(model_under_test.factory, backend, gate_record)
     results = ic.run_prompts(handle.uri, GOLDEN_PROMPTS, MAX_TOKENS, log_path=handle.log_path)
-    _STREAMS.setdefault(backend, []).extend(results.values())
+    models.add_streams(handle.model_id, backend, results.values())
     problems = None
     if reference_runner is not None:
         judged = ic.check_reference(reference_runner, list(results.values()))
         problems = [] if judged.ok else [judged.message]
-    out = ic.check_golden(GOLDEN_DIR, worker_factory.model_id, backend, results,
+    out = ic.check_golden(GOLDEN_DIR, handle.model_id, backend, results,
                           update=lab.settings.update_golden,
                           min_common_prefix=lab.settings.golden_min_prefix,
                           worker_binary_sha256=handle.binary_sha256,

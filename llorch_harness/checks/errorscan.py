@@ -17,7 +17,7 @@ from pathlib import Path
 from llorch_harness.checks.workerclient import StreamResult
 from llorch_harness.checks.workerlog import read_lines
 
-PATTERNS_VERSION = "2026-11-28.2"
+PATTERNS_VERSION = "2026-12-02.1"
 LINE_LIMIT = 500
 
 
@@ -31,6 +31,7 @@ class ErrorPattern:
     source_hint: str
     in_generated_text: bool = True
     diagnosis: str | None = None  # what the match means, in words a gate reader acts on
+    vram: bool = False  # an out-of-memory or allocation failure (CP4's "No VRAM errors")
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,9 @@ class ErrorMatch:
 
 
 def _p(name: str, regex: str, description: str, hint: str, *, flags: int = 0,
-       text_ok: bool = True, diagnosis: str | None = None) -> ErrorPattern:
-    return ErrorPattern(name, re.compile(regex, flags), description, hint, text_ok, diagnosis)
+       text_ok: bool = True, diagnosis: str | None = None, vram: bool = False) -> ErrorPattern:
+    return ErrorPattern(name, re.compile(regex, flags), description, hint, text_ok, diagnosis,
+                        vram)
 
 
 _I = re.IGNORECASE
@@ -51,6 +53,9 @@ QWEN_CACHE_DIAGNOSIS = (
     "the KV cache is never cleared for Qwen: every prompt of two or more tokens fails once "
     "the cache holds anything (the CP3 broadcasting bug: the cache reset is a no-op, and the "
     "[m, m] attention mask cannot be added to keys of length cache + m)")
+VRAM_DIAGNOSIS = (
+    "the worker ran out of device (or host) memory or an allocation failed: the model, its KV "
+    "cache or another process's memory does not fit on this device")
 BROADCAST_DIAGNOSIS = (
     "the attention mask does not fit the keys: the KV cache still holds an earlier request's "
     "entries when a new prompt is fed (the CP3 broadcasting bug)")
@@ -96,7 +101,28 @@ PATTERNS: tuple[ErrorPattern, ...] = (
     _p("cuda_runtime_error", r"\bcudaError\w*", "CUDA runtime error",
        "CUDA runtime; nvidia-smi, dmesg"),
     _p("out_of_memory", r"\bout of memory\b", "device or host out of memory",
-       "VRAM use (nvidia-smi / Activity Monitor); model size", flags=_I, text_ok=False),
+       "VRAM use (nvidia-smi / Activity Monitor); model size", flags=_I, text_ok=False,
+       diagnosis=VRAM_DIAGNOSIS, vram=True),
+    # CP4's "No VRAM errors": how CUDA, Metal, Rust and the OS say an allocation failed
+    _p("cuda_alloc_failed", r"\bCUDA_ERROR_OUT_OF_MEMORY\b|\bcudaErrorMemoryAllocation\b"
+       r"|\bCU(?:BLAS|DNN)_STATUS_ALLOC_FAILED\b",
+       "CUDA allocation failed (driver, runtime, cuBLAS or cuDNN)",
+       "VRAM use (nvidia-smi); model size and dtype", diagnosis=VRAM_DIAGNOSIS, vram=True),
+    _p("metal_out_of_memory", r"kIOGPUCommandBufferCallbackErrorOutOfMemory"
+       r"|Insufficient Memory \(0+8",
+       "Metal command buffer out of memory", "unified memory (Activity Monitor); model size",
+       diagnosis=VRAM_DIAGNOSIS, vram=True),
+    _p("metal_alloc_failed", r"failed to (?:create|allocate) (?:a )?metal (?:resource|buffer)",
+       "Metal buffer allocation failed", "unified memory (Activity Monitor); model size",
+       flags=_I, diagnosis=VRAM_DIAGNOSIS, vram=True),
+    _p("rust_alloc_failed", r"memory allocation of \d+ bytes failed",
+       "Rust allocation failure (the process aborts)", "host memory; model size",
+       diagnosis=VRAM_DIAGNOSIS, vram=True),
+    _p("os_enomem", r"Cannot allocate memory|\bENOMEM\b|\(os error 12\)",
+       "the OS refused an allocation (ENOMEM)", "host memory, ulimit -v, cgroup limits",
+       diagnosis=VRAM_DIAGNOSIS, vram=True),
+    _p("oom_word", r"\bOOM\b", "out-of-memory reported (OOM)", "VRAM use; model size",
+       text_ok=False, diagnosis=VRAM_DIAGNOSIS, vram=True),
     _p("metal_command_buffer", r"MTLCommandBufferError", "Metal command buffer error",
        "Metal backend; Console.app GPU logs"),
     _p("metal_error", r"\bMetal error\b", "Metal error", "candle metal backend", flags=_I),
@@ -113,13 +139,17 @@ PATTERNS: tuple[ErrorPattern, ...] = (
        "infinite logits", "model numerics; dtype overflow", flags=_I, text_ok=False),
     _p("inference_failed", r"\bINFERENCE_FAILED\b", "worker reported INFERENCE_FAILED",
        "worker log WARN line with job_id and error"),
-    _p("vram_oom", r"\bVRAM_OOM\b", "worker reported VRAM_OOM", "VRAM use; model size"),
+    _p("vram_oom", r"\bVRAM_OOM\b", "worker reported VRAM_OOM", "VRAM use; model size",
+       diagnosis=VRAM_DIAGNOSIS, vram=True),
     _p("log_warn_with_error", r'"level"\s*:\s*"WARN"[^\n]*"error"\s*:',
        "WARN log line carrying an `error` field (the contract's failed-inference line)",
        "the `error` field of that line", text_ok=False),
     _p("log_level_error", r'"level"\s*:\s*"ERROR"', "ERROR-level log line",
        "the message of that line", text_ok=False),
 )
+
+# the patterns of CP4's "No VRAM errors" item (a subset: each is also a general error pattern)
+VRAM_PATTERNS: tuple[ErrorPattern, ...] = tuple(p for p in PATTERNS if p.vram)
 
 
 def _clip(line: str) -> str:

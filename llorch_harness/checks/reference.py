@@ -6,8 +6,8 @@ shares nothing with it but the downloaded files can tell. Two are offered, both 
 pool's CPU, both reading the same model directory the worker loaded:
 
 - `transformers`: Hugging Face transformers with torch (the `oracle` extra), float32;
-- `numpy`: the reference worker's numpy Qwen2 (checked against transformers in this
-  repository's tests), for pools without torch.
+- `numpy`: the reference worker's numpy decoder (Qwen2, Llama, Mistral, Phi-3; checked
+  against transformers in this repository's tests), for pools without torch.
 
 Both tokenize with the model's own `tokenizer.json` through `tokenizers`, as the worker
 does (`encode(prompt, add_special_tokens=True)`), and answer one question: the logits of
@@ -29,7 +29,9 @@ from llorch_harness.checks.referencecfg import REFERENCE_CHOICES
 from llorch_harness.errors import HarnessError
 
 QWEN_EOS_FALLBACK = 151643  # llorch-candled: the id of "</s>" if the tokenizer has it, else this
-_NUMPY_ARCHITECTURES = frozenset({"qwen2"})
+# the reference worker's numpy decoder's architectures (lab.refworker.architectures.SUPPORTED;
+# named here so the checks import the lab only when the numpy reference is chosen)
+_NUMPY_ARCHITECTURES = frozenset({"qwen2", "llama", "mistral", "phi3"})
 _DTYPES = ("float32", "float16", "bfloat16")
 
 

@@ -47,6 +47,22 @@ def token_bytes(tokenizer: Tokenizer, vocab_size: int) -> list[bytes]:
     return out
 
 
+def first_strip(tokenizer: Tokenizer, table: list[bytes], probe: int = 64) -> bytes:
+    """What the tokenizer's decoder drops from the start of a decoded text (b" " for a
+    Llama-style SentencePiece decoder with `Strip`, else b""). A worker's detokenizer starts
+    anew for every request, so the first generated token's space never reaches its text."""
+    seen = 0
+    for i, tb in enumerate(table):
+        if len(tb) > 1 and tb.startswith(b" ") and tb[1:2] != b" ":
+            seen += 1
+            decoded = tokenizer.decode([i]).encode()
+            if decoded == tb[1:]:
+                return b" "
+            if seen >= probe or decoded == tb:
+                return b""
+    return b""
+
+
 @dataclass
 class Step:
     """One generated token as judged: the worker's id and where it stood for the reference."""
@@ -104,12 +120,17 @@ class Aligner:
         self.logits = logits
         self.delta = delta
         self.k = k
+        self.strip = first_strip(tokenizer, table)
 
-    def _spells(self, rest: bytes, token_id: int) -> int | None:
-        """How many of `rest`'s bytes `token_id` spells, or None if it does not."""
+    def _spells(self, rest: bytes, token_id: int, first: bool = False) -> int | None:
+        """How many of `rest`'s bytes `token_id` spells, or None if it does not (`first`:
+        the first generated token, whose leading space the decoder may have dropped)."""
         tb = self.table[token_id] if 0 <= token_id < len(self.table) else b""
         if tb and rest.startswith(tb):
             return len(tb)
+        if first and self.strip and tb.startswith(self.strip) and len(tb) > len(self.strip) \
+                and rest.startswith(tb[len(self.strip):]):
+            return len(tb) - len(self.strip)
         # a generation cut inside a character: the worker flushed U+FFFD for the partial bytes
         if tb and rest == REPLACEMENT and _is_partial_utf8(tb):
             return len(REPLACEMENT)
@@ -122,8 +143,8 @@ class Aligner:
             return []  # starts inside a character: only the candidates can continue it
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids) if text else []
 
-    def _candidate(self, row: np.ndarray, rest: bytes, allow_invisible: bool
-                   ) -> tuple[int, int] | None:
+    def _candidate(self, row: np.ndarray, rest: bytes, allow_invisible: bool,
+                   first: bool = False) -> tuple[int, int] | None:
         """The best acceptable candidate that spells the next bytes (or is invisible)."""
         order = np.argsort(-row, kind="stable")[: self.k]  # each is within rank k
         best, spread = float(row[order[0]]), float(np.std(row))  # once per row, not per token
@@ -131,7 +152,7 @@ class Aligner:
             gap = best - float(row[cand])
             if (gap / spread if spread > 0 else 0.0) > self.delta:
                 break
-            n = self._spells(rest, cand)
+            n = self._spells(rest, cand, first)
             if n:
                 return cand, n
             if allow_invisible and not self.table[cand]:
@@ -162,7 +183,8 @@ class Aligner:
                 tok = guess[j] if j < len(guess) else None
                 # the reference's own best reading of the next bytes wins over the canonical
                 # split: a correct worker generated exactly that token
-                found = self._candidate(row, rest, allow_invisible=want_more)
+                found = self._candidate(row, rest, allow_invisible=want_more,
+                                        first=pos == 0 and not ids)
                 if found is None and not rest:
                     out.complete = True  # text accounted for; the caller compares the counts
                     return out

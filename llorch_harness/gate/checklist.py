@@ -18,6 +18,7 @@ from typing import Any
 
 from llorch_harness.errors import HarnessError
 from llorch_harness.fsutil import atomic_write_text, refuse_non_regular_target
+from llorch_harness.gate.modelruns import model_runs
 from llorch_harness.pool.backends import BACKEND_NAMES
 
 CHECKPOINT = "CP3"
@@ -111,7 +112,18 @@ EXTRA_ITEMS: tuple[GateItem, ...] = (
     GateItem("Qwen Testing", "No memory growth per request", seed=False),
 )
 
-SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(i.section for i in SEED_CHECKLIST))
+# CP4's success criteria (04_CP4_MULTI_MODEL.md, WU4.3), per model of --gate-models and
+# backend of this pool: each model passes every inference check, no out-of-memory or
+# allocation error, every worker life starts and ends cleanly.
+CP4_SECTION = "Multi-Model Testing (CP4)"
+CP4_ITEMS: tuple[GateItem, ...] = (
+    GateItem(CP4_SECTION, "Every model works on every backend of this pool", seed=False),
+    GateItem(CP4_SECTION, "No VRAM errors", seed=False),
+    GateItem(CP4_SECTION, "All workers spawn and stop cleanly", seed=False),
+)
+EXTRA_ITEMS = (*EXTRA_ITEMS, *CP4_ITEMS)
+
+SECTIONS: tuple[str, ...] = (*dict.fromkeys(i.section for i in SEED_CHECKLIST), CP4_SECTION)
 
 
 def checklist() -> list[GateItem]:
@@ -159,6 +171,7 @@ class TestResult:
     duration: float = 0.0
     phases: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # user property "gate_details"
+    model: str | None = None  # user property "gate_model": the model a model test ran on
 
 
 def _skip_reason(longrepr: Any) -> str | None:
@@ -196,6 +209,7 @@ class GateCollector:
                 nodeid=nodeid, section=str(section), item=str(item),
                 backend=props.get("gate_backend") or None,
                 scope=str(props.get("gate_scope", "pool")),
+                model=str(props["gate_model"]) if props.get("gate_model") else None,
             )
             self.results[nodeid] = res
         res.duration += float(duration or 0.0)
@@ -216,6 +230,7 @@ class GateCollector:
     def item_rollup(self) -> list[dict[str, Any]]:
         """Every checklist item with its status: fail > error > pass > skip > not run."""
         out = []
+        several = len({r.model for r in self.results.values() if r.model}) > 1
         for gi in checklist():
             tests = [r for r in self.results.values()
                      if r.section == gi.section and r.item == gi.item]
@@ -230,21 +245,30 @@ class GateCollector:
                 status = "skip"
             else:
                 status = "not run"
-            reasons = sorted({f"{r.backend or 'pool'}: {r.reason}" for r in tests
+            reasons = sorted({f"{_where(r, several)}: {r.reason}" for r in tests
                               if r.status in ("fail", "error", "skip", "xfail") and r.reason})
             if not tests:
                 reasons = [not_run_reason(gi)]
             per_backend: dict[str, str] = {}
+            per_model: dict[str, str] = {}
             for r in tests:
                 key = r.backend or "pool"
-                prev = per_backend.get(key)
-                per_backend[key] = _worse(prev, r.status)
+                per_backend[key] = _worse(per_backend.get(key), r.status)
+                if r.model:
+                    per_model[r.model] = _worse(per_model.get(r.model), r.status)
             out.append({
                 "section": gi.section, "item": gi.item, "seed": gi.seed,
                 "concerns": list(gi.backends), "status": status, "reasons": reasons,
                 "backends": per_backend, "tests": len(tests),
+                **({"models": per_model} if per_model else {}),
             })
         return out
+
+    def model_runs(self, lab: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """One line per (model, backend): `gate.modelruns`."""
+        return model_runs(self.results.values(),
+                          list(lab.get("gate_models") or [lab.get("gate_model")]),
+                          lab.get("backends", {}), [i.item for i in checklist()])
 
     def verdict(self) -> str:
         """fail if anything failed; pass if every run item passed; else incomplete (an item
@@ -255,6 +279,12 @@ class GateCollector:
         if statuses and all(s == "pass" for s in statuses):
             return "pass"
         return "incomplete" if {"pass", "error"} & set(statuses) else "not run"
+
+
+def _where(r: TestResult, with_model: bool) -> str:
+    """Where a reason comes from: the backend, and the model when several ran."""
+    where = r.backend or "pool"
+    return f"{where} {r.model}" if with_model and r.model else where
 
 
 def not_run_reason(gi: GateItem) -> str:
@@ -292,6 +322,7 @@ def gate_document(
         "lab": lab.get("lab"),
         "banner": lab.get("banner"),
         "gate_model": lab.get("gate_model"),
+        "gate_models": list(lab.get("gate_models") or [lab.get("gate_model")]),
         "backends_available": sorted(n for n, st in backends.items() if st.get("reason") is None),
         "backends_selected": sorted(n for n, st in backends.items() if st.get("selected")),
         "backends_required": sorted(n for n, st in backends.items() if st.get("required")),
@@ -303,9 +334,10 @@ def gate_document(
         "exitstatus": exitstatus,
         "verdict": collector.verdict(),
         "checklist": collector.item_rollup(),
+        "model_runs": collector.model_runs(lab),
         "items": [
             {"section": r.section, "item": r.item, "backend": r.backend, "scope": r.scope,
-             "status": r.status, "reason": r.reason, "nodeid": r.nodeid,
+             "model": r.model, "status": r.status, "reason": r.reason, "nodeid": r.nodeid,
              "duration": round(r.duration, 3), **({"details": r.details} if r.details else {})}
             for r in collector.results.values()
         ],

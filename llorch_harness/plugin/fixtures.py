@@ -8,25 +8,23 @@ level so they can be tested without pytest.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import io
 import json
 import os
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from filelock import FileLock
 
 from llorch_harness.errors import HarnessError
+from llorch_harness.plugin.factory import WorkerFactory, stop_tracked, xdist_worker_name
 from llorch_harness.plugin.labs import LabDecision, device_group
-from llorch_harness.plugin.memory import MemoryLedger, ledger
+from llorch_harness.plugin.memory import ledger
+from llorch_harness.plugin.models import MODEL_ARG, ModelRegistry, ModelUnderTest
 from llorch_harness.pool import procs
 
 if TYPE_CHECKING:
@@ -34,7 +32,7 @@ if TYPE_CHECKING:
     from llorch_harness.lab.hub import LocalHub
     from llorch_harness.pool.catalog import Catalog, ModelEntry
     from llorch_harness.pool.paths import PoolPaths
-    from llorch_harness.pool.workers import StopResult, WorkerHandle
+    from llorch_harness.pool.workers import WorkerHandle
 
 LAB_KEY = pytest.StashKey[LabDecision]()
 RECORD_KEY = pytest.StashKey[dict[str, Any]]()
@@ -43,10 +41,6 @@ BACKEND_KEY = pytest.StashKey[str | None]()
 
 
 # --------------------------------------------------------------------------- paths
-
-
-def xdist_worker_name() -> str | None:
-    return os.environ.get("PYTEST_XDIST_WORKER")
 
 
 def shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -128,122 +122,6 @@ def fetch_gate_model(paths: PoolPaths, model_id: str, endpoint: str | None,
 # --------------------------------------------------------------------------- workers
 
 
-class Stoppable(Protocol):
-    """What the atexit and teardown safety net needs of a worker: a way to stop it."""
-
-    def stop(self, grace: float = ...) -> object: ...
-
-
-_TRACKED: dict[int, Stoppable] = {}
-_TRACKED_LOCK = threading.Lock()
-
-
-def _track(handle: Stoppable) -> None:
-    with _TRACKED_LOCK:
-        _TRACKED[id(handle)] = handle
-
-
-def _untrack(handle: Stoppable) -> None:
-    with _TRACKED_LOCK:
-        _TRACKED.pop(id(handle), None)
-
-
-def stop_tracked(grace: float = 5.0) -> int:
-    """Stop every worker this process started and still holds (teardown and atexit)."""
-    with _TRACKED_LOCK:
-        handles = list(_TRACKED.values())
-        _TRACKED.clear()
-    for h in handles:
-        with contextlib.suppress(Exception):
-            h.stop(grace=grace)
-    return len(handles)
-
-
-atexit.register(stop_tracked)
-
-
-@dataclass
-class WorkerFactory:
-    """Spawns workers of the lab's kind; one live worker per (backend, gpu) is shared."""
-
-    lab: LabDecision
-    paths: PoolPaths
-    model_id: str
-    gate_model: GateModel | None = None  # for the model files' hashes in every report
-    live_workers: dict[tuple[str, int], WorkerHandle] = field(default_factory=dict)
-    spawned: list[WorkerHandle] = field(default_factory=list)
-    memory: MemoryLedger = field(default_factory=MemoryLedger)  # each life's memory (issue 15)
-
-    def worker_kind(self, backend: str) -> str:
-        st = self.lab.backends[backend]
-        if not st.usable:
-            pytest.skip(st.reason or f"{backend} not usable")
-        return st.worker or self.lab.worker_kind
-
-    def default_id(self, backend: str, gpu: int, tag: str = "gate") -> str:
-        return f"{tag}-{backend}-{gpu}-{xdist_worker_name() or 'main'}"
-
-    def spawn(self, backend: str, gpu: int = 0, *, worker_id: str | None = None,
-              ready_timeout: float | None = None, extra_env: dict[str, str] | None = None,
-              ) -> WorkerHandle:
-        """A fresh worker, stopped at session end at the latest (the test may stop it first)."""
-        from llorch_harness.pool.workers import spawn_worker
-
-        kind = self.worker_kind(backend)
-        before = self.memory.before(backend, gpu)
-        handle = spawn_worker(
-            self.paths, backend, self.model_id, gpu=gpu, port=0, worker=kind,
-            bin_dir=self.lab.settings.bin_dir,
-            ready_timeout=ready_timeout or self.lab.settings.ready_timeout,
-            extra_env=extra_env, worker_id=worker_id or self.default_id(backend, gpu, "spawn"),
-            die_with_parent=True, lease_dir=self.lab.settings.lease_dir,
-            lease_wait=self.lab.settings.lease_wait,
-            lease_out=sys.__stderr__,  # a wait for a leased device is said at once, past capture
-        )
-        _track(handle)
-        self.spawned.append(handle)
-        self.memory.start(handle, before)
-        return handle
-
-    def live(self, backend: str, gpu: int = 0) -> WorkerHandle:
-        """The shared worker for (backend, gpu); respawned if it died."""
-        key = (backend, gpu)
-        handle = self.live_workers.get(key)
-        if handle is not None and handle.poll() is None:
-            return handle
-        if handle is not None:
-            self.stop(handle)
-        handle = self.spawn(backend, gpu, worker_id=self.default_id(backend, gpu))
-        self.live_workers[key] = handle
-        return handle
-
-    def restart(self, backend: str, gpu: int = 0) -> WorkerHandle:
-        """Stop the live worker and start it again (same id, same model)."""
-        key = (backend, gpu)
-        old = self.live_workers.pop(key, None)
-        if old is not None:
-            self.stop(old)
-        return self.live(backend, gpu)
-
-    def stop(self, handle: WorkerHandle, grace: float | None = None) -> StopResult:
-        """SIGINT with a grace longer than a generation (workers.STOP_GRACE_S)."""
-        from llorch_harness.pool.workers import STOP_GRACE_S
-
-        grace = STOP_GRACE_S if grace is None else grace
-        try:
-            return handle.stop(grace=grace)
-        finally:
-            _untrack(handle)
-            self.memory.finish(handle)
-
-    def stop_all(self) -> None:
-        for handle in [*self.spawned]:
-            with contextlib.suppress(Exception):
-                self.stop(handle)
-        self.live_workers.clear()
-        self.spawned.clear()
-
-
 def worker_facts(handle: WorkerHandle, gate_model: GateModel | None = None) -> dict[str, Any]:
     """What a report needs to know about the worker a result came from."""
     from llorch_harness.pool.backends import device_info
@@ -301,33 +179,63 @@ def catalog(pool_paths: PoolPaths) -> PoolCatalog:
     return PoolCatalog(pool_paths)
 
 
+# the tiny-model builder's architecture for each embedded model's catalog architecture
+_TINY_ARCH = {"qwen": "qwen2", "qwen2": "qwen2", "llama": "llama", "phi3": "phi3",
+              "mistral": "mistral"}
+
+
+def build_hub_repos(root: Path, model_ids: list[str]) -> list[str]:
+    """Build each embedded model of `model_ids` under root/ORG/NAME once (a marker per repo);
+    the repos built. tiny-qwen speaks Qwen2.5's real vocabulary, so the piece checks meet
+    real BPE pieces (docs/tiny-model.md)."""
+    from llorch_harness.lab.tinymodel import EMBEDDED_VOCAB, TINY_QWEN_REPO, build_tiny_model
+    from llorch_harness.pool.catalog import known_models
+
+    built = []
+    for model_id in model_ids:
+        entry = known_models().get(model_id)
+        if entry is None or not entry.metadata.get("embedded"):
+            continue
+        marker = root / f".built-{model_id}"
+        with FileLock(str(root) + f".{model_id}.lock", timeout=600):
+            if not marker.exists():
+                arch = _TINY_ARCH[str(entry.architecture)]
+                vocab = EMBEDDED_VOCAB if entry.repo == TINY_QWEN_REPO else None
+                build_tiny_model(root / entry.repo, vocab=vocab, architecture=arch)
+                marker.write_text("ok\n")
+        built.append(entry.repo)
+    return built
+
+
 @pytest.fixture(scope="session")
 def hub(lab: LabDecision, tmp_path_factory: pytest.TempPathFactory,
         ) -> Iterator[LocalHub | None]:
-    """A local hub serving the embedded model; None when the gate model is a real hub model."""
-    if not is_embedded_model(lab.gate_model):
+    """A local hub serving the embedded models among the gate models; None when every gate
+    model is a real hub model."""
+    embedded = [m for m in lab.gate_models if is_embedded_model(m)]
+    if not embedded:
         yield None
         return
     from llorch_harness.lab.hub import LocalHub
-    from llorch_harness.lab.tinymodel import EMBEDDED_VOCAB, TINY_QWEN_REPO, build_tiny_model
 
     root = shared_dir(tmp_path_factory) / "hub"
-    with FileLock(str(root) + ".lock", timeout=600):
-        if not (root / ".built").exists():
-            # Qwen2.5's real vocabulary, so the piece checks meet real BPE pieces
-            # (docs/tiny-model.md); hub.build_embedded_hub_root keeps the small one.
-            build_tiny_model(root / TINY_QWEN_REPO, vocab=EMBEDDED_VOCAB)
-            (root / ".built").write_text("ok\n")
+    root.mkdir(parents=True, exist_ok=True)
+    build_hub_repos(root, embedded)
     with LocalHub(root) as server:
         yield server
+
+
+def model_endpoint(model_id: str, hub: LocalHub | None) -> str | None:
+    """Where a model downloads from: the local hub for an embedded model, else HF_ENDPOINT
+    (or huggingface.co)."""
+    return hub.url if hub is not None and is_embedded_model(model_id) else None
 
 
 @pytest.fixture(scope="session")
 def downloaded_model(lab: LabDecision, pool_paths: PoolPaths, hub: LocalHub | None,
                      ) -> GateModel:
     """The gate model, downloaded and verified once per pool (the download lock spans xdist)."""
-    endpoint = hub.url if hub is not None else None
-    return fetch_gate_model(pool_paths, lab.gate_model, endpoint, hub)
+    return fetch_gate_model(pool_paths, lab.gate_model, model_endpoint(lab.gate_model, hub), hub)
 
 
 @pytest.fixture(scope="session")
@@ -341,24 +249,82 @@ def worker_factory(lab: LabDecision, pool_paths: PoolPaths, downloaded_model: Ga
         factory.stop_all()
 
 
+def make_reference(lab: LabDecision, pool_paths: PoolPaths, model: GateModel,
+                   ) -> ReferenceRunner | None:
+    """The independent reference for a model (None with --reference off); HarnessError when
+    none can load."""
+    from llorch_harness.checks.agreement import ReferenceRunner
+    from llorch_harness.checks.reference import load_reference
+
+    st = lab.settings
+    ref = load_reference(model.path, st.reference)
+    if ref is None:
+        return None
+    cache = pool_paths.runtime_dir / "reference"
+    return ReferenceRunner(ref, delta=st.reference_delta, k=st.reference_top_k,
+                           model_files=model.file_hashes, cache_dir=cache)
+
+
 @pytest.fixture(scope="session")
 def reference_runner(lab: LabDecision, pool_paths: PoolPaths, downloaded_model: GateModel,
                      ) -> ReferenceRunner | None:
     """The independent reference for the gate model (None with --reference off): loaded once
     per process, its greedy outputs cached in the pool root for every backend and rerun."""
-    from llorch_harness.checks.agreement import ReferenceRunner
-    from llorch_harness.checks.reference import load_reference
-
-    st = lab.settings
     try:
-        ref = load_reference(downloaded_model.path, st.reference)
+        return make_reference(lab, pool_paths, downloaded_model)
     except HarnessError as exc:
         pytest.fail(exc.one_line(), pytrace=False)
-    if ref is None:
-        return None
-    cache = pool_paths.runtime_dir / "reference"
-    return ReferenceRunner(ref, delta=st.reference_delta, k=st.reference_top_k,
-                           model_files=downloaded_model.file_hashes, cache_dir=cache)
+
+
+@pytest.fixture(scope="session")
+def model_registry(lab: LabDecision, pool_paths: PoolPaths, hub: LocalHub | None,
+                   downloaded_model: GateModel, worker_factory: WorkerFactory,
+                   request: pytest.FixtureRequest) -> Iterator[ModelRegistry]:
+    """Every --gate-models model, prepared on first use; the first is the gate model with
+    the session's own factory. A reference that cannot load fails that model's tests."""
+    references: dict[str, ReferenceRunner | None | HarnessError] = {}
+
+    def prepare(model_id: str) -> ModelUnderTest:
+        model = fetch_gate_model(pool_paths, model_id, model_endpoint(model_id, hub), hub)
+        factory = WorkerFactory(lab, pool_paths, model_id, model, memory=ledger(request.config),
+                                id_tag=model_id)
+        try:
+            references[model_id] = make_reference(lab, pool_paths, model)
+        except HarnessError as exc:
+            references[model_id] = exc
+        return ModelUnderTest(model, factory, None)
+
+    registry = ModelRegistry(ModelUnderTest(downloaded_model, worker_factory, None), prepare,
+                             references=references)
+    try:
+        yield registry
+    finally:
+        registry.stop_all()
+
+
+@pytest.fixture(scope="session")
+def gate_model_id(lab: LabDecision) -> str:
+    """The model a model test runs on: the gate model, unless --gate-models parametrizes it."""
+    return lab.gate_model
+
+
+@pytest.fixture
+def model_under_test(request: pytest.FixtureRequest, model_registry: ModelRegistry,
+                     gate_model_id: str) -> ModelUnderTest:
+    """This test's model: files, worker factory and reference (fails the test when the
+    model cannot be downloaded or no reference can load it)."""
+    try:
+        mut = model_registry.get(gate_model_id)
+    except HarnessError as exc:
+        pytest.fail(f"model {gate_model_id}: {exc.one_line()}", pytrace=False)
+    if mut is model_registry.primary:  # the session's reference: loaded once per process
+        mut.reference = request.getfixturevalue("reference_runner")
+        return mut
+    ref = model_registry.references.get(gate_model_id)
+    if isinstance(ref, HarnessError):
+        pytest.fail(f"model {gate_model_id}: {ref.one_line()}", pytrace=False)
+    mut.reference = ref
+    return mut
 
 
 @pytest.fixture
@@ -394,6 +360,8 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
 
 
 __all__ = [
-    "GateModel", "PoolCatalog", "WorkerFactory", "catalog", "device_group", "downloaded_model",
-    "gate_backend", "gate_record", "hub", "lab", "pool_paths", "worker_factory",
+    "MODEL_ARG", "GateModel", "PoolCatalog", "WorkerFactory", "catalog", "device_group",
+    "downloaded_model", "gate_backend", "gate_model_id", "gate_record", "hub", "lab",
+    "model_registry", "model_under_test", "pool_paths", "reference_runner", "stop_tracked",
+    "worker_factory",
 ]

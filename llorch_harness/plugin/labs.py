@@ -125,6 +125,12 @@ class LabDecision:
     backends: dict[str, BackendState]
     settings: Settings
     notes: list[str] = field(default_factory=list)
+    # every model the inference checks and the CP4 items run on; the first is `gate_model`
+    gate_models: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.gate_models:
+            self.gate_models = [self.gate_model]
 
     # ---- helpers the hooks and fixtures use
 
@@ -254,17 +260,32 @@ def decide(
     for st in states.values():
         _assign_worker(st, lab, bin_dir, torch_devices, notes)
 
-    gate_model = settings.gate_model or (REAL_GATE_MODEL if lab == "real" else EMBEDDED_GATE_MODEL)
+    gate_models = resolve_gate_models(settings, lab)
     if lab == "embedded" and settings.lab == "auto":
         notes.append("no llorch-candled binary found for a selected backend: embedded lab")
     pool_root = settings.pool_root
     if pool_root:
         pool_root = str(Path(pool_root).expanduser().resolve())
     return LabDecision(
-        requested=settings.lab, lab=lab, gate_model=gate_model, pool_root=pool_root,
+        requested=settings.lab, lab=lab, gate_model=gate_models[0], pool_root=pool_root,
         hostname=hostname or socket.gethostname(), harness_version=__version__,
-        backends=states, settings=settings, notes=notes,
+        backends=states, settings=settings, notes=notes, gate_models=gate_models,
     )
+
+
+def resolve_gate_models(settings: Settings, lab: str) -> list[str]:
+    """`--gate-models` (the first is the CP3 gate model), else `--gate-model`, else the lab's
+    default. Both given and disagreeing about the first: an error, not a silent choice."""
+    default = REAL_GATE_MODEL if lab == "real" else EMBEDDED_GATE_MODEL
+    models = list(settings.gate_models)
+    if not models:
+        return [settings.gate_model or default]
+    if settings.gate_model and settings.gate_model != models[0]:
+        raise OptionError(
+            f"--gate-model {settings.gate_model} and --gate-models {','.join(models)} disagree: "
+            "the first of --gate-models is the CP3 gate model (give one of the two, or put "
+            f"{settings.gate_model} first)")
+    return models
 
 
 TORCH_DEVICE = {"cuda": "cuda:0", "metal": "mps"}  # the device the gate's workers use

@@ -52,6 +52,10 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--gate-model", "llorch_gate_model", "LLORCH_GATE_MODEL",
                f"catalog id of the gate model (default {REAL_GATE_MODEL} in the real lab, "
                f"{EMBEDDED_GATE_MODEL} in the embedded lab)", metavar="ID"),
+    OptionSpec("--gate-models", "llorch_gate_models", "LLORCH_GATE_MODELS",
+               "catalog ids of every model the inference checks and the CP4 items run on, the "
+               "first being the CP3 gate model (repeatable or comma list; default: the one gate "
+               "model)", kind="list", metavar="ID[,ID...]"),
     OptionSpec("--pool-root", "llorch_pool_root", "LLORCH_POOL_ROOT",
                "pool root holding .test-models/ and .runtime/ (real lab default: cwd; "
                "embedded lab default: a fresh directory under pytest's basetemp)", metavar="DIR"),
@@ -180,6 +184,7 @@ class Settings:
     lab: str = "auto"
     bin_dir: str | None = None
     gate_model: str | None = None
+    gate_models: list[str] = field(default_factory=list)
     pool_root: str | None = None
     backend_available: list[str] = field(default_factory=list)
     require_backend: list[str] = field(default_factory=list)
@@ -202,6 +207,7 @@ class Settings:
 
 _SETTING_FOR_DEST = {
     "llorch_lab": "lab", "llorch_bin_dir": "bin_dir", "llorch_gate_model": "gate_model",
+    "llorch_gate_models": "gate_models",
     "llorch_pool_root": "pool_root", "llorch_backend_available": "backend_available",
     "llorch_require_backend": "require_backend", "llorch_update_golden": "update_golden",
     "llorch_ready_timeout": "ready_timeout", "llorch_repo": "llorch_repo",

@@ -100,6 +100,7 @@ def checklist_html(rollup: list[dict[str, Any]], verdict: str) -> str:
     note = unchecked_note(rollup)
     if note:
         parts.append(f'<p class="llorch-unchecked">{_esc("not checked" + note)}</p>')
+    several = any(len(row.get("models") or {}) > 1 for row in rollup)
     section = None
     for row in rollup:
         if row["section"] != section:
@@ -108,20 +109,73 @@ def checklist_html(rollup: list[dict[str, Any]], verdict: str) -> str:
             section = row["section"]
             parts.append(f"<h3>{_esc(section)}</h3>")
             parts.append('<table class="llorch-gate" border="1" cellpadding="4">'
-                         "<tr><th>status</th><th>item</th><th>per backend</th><th>reason</th></tr>")
+                         "<tr><th>status</th><th>item</th><th>per backend</th>"
+                         + ("<th>per model</th>" if several else "") + "<th>reason</th></tr>")
         slabel, scolor = _STATUS_STYLE.get(row["status"], (row["status"], "#57606a"))
         item = _esc(row["item"]) + ("" if row["seed"] else " <i>(extra: not a seed item)</i>")
         per = ", ".join(f"{_esc(b)}: {_esc(s)}" for b, s in sorted(row["backends"].items()))
         reasons = "<br>".join(_esc(r) for r in row["reasons"])
+        models = (f"<td>{_esc(per_model(row))}</td>" if several else "")
         parts.append(
             f'<tr class="llorch-item llorch-{row["status"].replace(" ", "-")}">'
             f'<td style="color:{scolor};font-weight:bold">{slabel}</td>'
-            f"<td>{item}</td><td>{per}</td><td>{reasons}</td></tr>"
+            f"<td>{item}</td><td>{per}</td>{models}<td>{reasons}</td></tr>"
         )
     if section is not None:
         parts.append("</table>")
     parts.append("</div>")
     return "\n".join(parts)
+
+
+def per_model(row: Mapping[str, Any]) -> str:
+    """An item's status per model, in the models' order: `tiny-qwen PASS, tiny-llama FAIL`."""
+    return ", ".join(f"{m} {_STATUS_STYLE.get(st, (st,))[0]}"
+                     for m, st in (row.get("models") or {}).items())
+
+
+def _size(n: Any) -> str:
+    if not isinstance(n, int | float):
+        return "—"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def model_run_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """CP4's runs for the terminal: one line per model and backend, with its figures."""
+    out = []
+    for r in runs:
+        label = _STATUS_STYLE.get(r["status"], (r["status"].upper(),))[0]
+        mem = r.get("memory_at_ready") or {}
+        figures = (f"startup {r['startup_s']:.2f} s" if r.get("startup_s") else "startup —",
+                   f"{mem.get('kind', 'memory')} at ready {_size(mem.get('bytes'))}",
+                   f"{r['tokens_per_sec']:g} tok/s" if r.get("tokens_per_sec") else "— tok/s",
+                   f"{r.get('worker_lives') or 0} worker lives")
+        failed = f"  [failed: {', '.join(r['failed_items'])}]" if r.get("failed_items") else ""
+        why = f"  [{r['reason']}]" if r.get("reason") and not failed else ""
+        out.append(redact(f"  {label:<7} {r['model']} on {r['backend']}: "
+                          f"{'; '.join(figures)}{failed}{why}"))
+    return out
+
+
+def model_runs_html(runs: list[dict[str, Any]]) -> str:
+    """The same per model and backend, for the HTML summary."""
+    rows = []
+    for r in runs:
+        label, color = _STATUS_STYLE.get(r["status"], (r["status"], "#57606a"))
+        mem = r.get("memory_at_ready") or {}
+        cells = (r["model"], r.get("architecture") or "—", _size(r.get("size_bytes")),
+                 r["backend"], f"{r['startup_s']:.2f} s" if r.get("startup_s") else "—",
+                 f"{_size(mem.get('bytes'))} ({mem.get('kind', '—')})",
+                 f"{r['tokens_per_sec']:g}" if r.get("tokens_per_sec") else "—",
+                 str(r.get("worker_lives") or 0),
+                 ", ".join(r.get("failed_items") or []) or (r.get("reason") or ""))
+        rows.append(f'<tr><td style="color:{color};font-weight:bold">{_esc(label)}</td>'
+                    + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in (
+        "status", "model", "architecture", "size on disk", "backend", "startup", "memory at ready",
+        "tokens/s", "worker lives", "failed items / reason"))
+    return ('<div id="llorch-model-runs"><h2>Models on this pool (CP4)</h2>'
+            f'<table class="llorch-gate" border="1" cellpadding="4"><tr>{head}</tr>'
+            + "\n".join(rows) + "</table></div>")
 
 
 def terminal_checklist(rollup: list[dict[str, Any]], verdict: str) -> list[str]:
@@ -135,6 +189,8 @@ def terminal_checklist(rollup: list[dict[str, Any]], verdict: str) -> list[str]:
         extra = "" if row["seed"] else " (extra)"
         why = f"  [{row['reasons'][0]}]" if row["reasons"] and row["status"] != "pass" else ""
         lines.append(redact(f"  {label:<7} {row['item']}{extra}{why}"))
+        if len(row.get("models") or {}) > 1:
+            lines.append(redact(f"          per model: {per_model(row)}"))
     lines.append(redact(f"{CHECKPOINT} gate verdict: {verdict.upper()}{unchecked_note(rollup)}"))
     return lines
 

@@ -135,6 +135,11 @@ class GateResults:
         for line in rpt.terminal_checklist(self.collector.item_rollup(),
                                            self.collector.verdict()):
             terminalreporter.write_line(line)
+        runs = self.collector.model_runs(lab_dict(self.config))
+        if len(self.decision.gate_models) > 1 and runs:
+            terminalreporter.write_line(f"Models on this pool (CP4, {len(runs)} runs):")
+            for line in rpt.model_run_lines(runs):
+                terminalreporter.write_line(line)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_report_title(self, report: Any) -> None:
@@ -146,6 +151,9 @@ class GateResults:
         prefix.append(rpt.banner_html(self.decision.banner(), self.decision.lab))
         collector = self.collector
         prefix.append(rpt.checklist_html(collector.item_rollup(), collector.verdict()))
+        runs = collector.model_runs(lab_dict(self.config))
+        if runs:
+            prefix.append(rpt.model_runs_html(runs))
         if self.memory:
             prefix.append(memory.report_html(self.memory))
         from llorch_harness.perf import runkey

@@ -24,7 +24,7 @@ import pytest
 from llorch_harness import redaction
 from llorch_harness.errors import HarnessError
 from llorch_harness.gate import checklist as gate
-from llorch_harness.plugin import fixtures, labs, results, rootcheck, sweep
+from llorch_harness.plugin import fixtures, labs, models, results, rootcheck, sweep, xdistgroups
 from llorch_harness.plugin import report as rpt
 from llorch_harness.plugin.activation import WORKERINPUT_KEY, is_xdist_worker
 from llorch_harness.plugin.fixtures import BACKEND_KEY, LAB_KEY, RECORD_KEY
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
     SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 _VERDICT_KEY = pytest.StashKey[labs.ItemVerdict]()
+LOADGROUP_KEY = "llorch_loadgroup"  # workerinput: the controller schedules by xdist_group
+# tests that start workers: they stay on one xdist worker per device (xdist_group)
+_DEVICE_FIXTURES = ("worker_factory", "model_under_test")
 
 
 def activate(config: pytest.Config, reason: str) -> None:
@@ -52,6 +55,11 @@ def activate(config: pytest.Config, reason: str) -> None:
     if config.getoption("dist", "no") == "load":
         # device groups must stay on one worker: loadgroup honours xdist_group, load does not
         config.option.dist = "loadgroup"
+    if getattr(config, "workerinput", {}).get(LOADGROUP_KEY):
+        # xdist set the worker's own `loadgroup` from the command line (`-n 2` means load),
+        # before the controller's switch: without this the worker never suffixes node ids
+        # with their group and the controller schedules each device test on its own
+        config.option.loadgroup = True
     _add_harness_metadata(config)
     if not is_xdist_worker(config):
         sweep.install_session_marker()
@@ -101,10 +109,12 @@ def check_decision(decision: labs.LabDecision) -> None:
     if not (math.isfinite(timeout) and timeout > 0):  # nan would never expire
         raise pytest.UsageError(f"llorch-harness: --ready-timeout must be a positive finite "
                                 f"number of seconds, got {timeout!r}")
-    try:
-        validate_model_id(decision.gate_model)
-    except HarnessError as err:
-        raise pytest.UsageError(f"llorch-harness: --gate-model: {err.one_line()}") from None
+    for model_id in decision.gate_models:
+        try:
+            validate_model_id(model_id)
+        except HarnessError as err:
+            flag = "--gate-models" if len(decision.gate_models) > 1 else "--gate-model"
+            raise pytest.UsageError(f"llorch-harness: {flag}: {err.one_line()}") from None
     if decision.pool_root:
         root = Path(decision.pool_root)
         try:
@@ -141,6 +151,8 @@ def header_lines(decision: labs.LabDecision) -> list[str]:
     lines = [f"llorch-harness {decision.harness_version}: {decision.banner()}",
              f"  gate model {decision.gate_model}; pool {decision.hostname}; "
              f"lab requested {decision.requested}"]
+    if len(decision.gate_models) > 1:
+        lines.append(f"  gate models (CP4, in this order): {', '.join(decision.gate_models)}")
     for name in labs.BACKEND_ORDER:
         st = decision.backends[name]
         mark = "usable" if st.usable else f"not usable: {st.reason}"
@@ -168,10 +180,13 @@ def apply_verdict(decision: labs.LabDecision, item: pytest.Item) -> str | None:
             ("gate_section", section), ("gate_item", text),
             ("gate_backend", verdict.backend or ""), ("gate_scope", scope),
         ]
+        model = models.item_model(item, decision.gate_model)
+        if model is not None:
+            item.user_properties.append((models.MODEL_PROPERTY, model))
     if verdict.action == "skip":
         item.add_marker(pytest.mark.skip(reason=verdict.reason or "backend not usable"))
     elif (verdict.action == "run" and verdict.backend
-          and "worker_factory" in getattr(item, "fixturenames", ())):
+          and set(_DEVICE_FIXTURES) & set(getattr(item, "fixturenames", ()))):
         item.add_marker(pytest.mark.xdist_group(labs.device_group(verdict.backend)))
     return None
 
@@ -183,6 +198,7 @@ class GateSession:
         self.config = config
         self.reason = reason
         self.old_sigterm: SignalHandler = None
+        self._groups_dir: Path | None = None
 
     @property
     def decision(self) -> labs.LabDecision:
@@ -202,6 +218,10 @@ class GateSession:
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         fixtures.stop_tracked()
+        if self._groups_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._groups_dir, ignore_errors=True)
         if self.old_sigterm is not None:
             with contextlib.suppress(ValueError):
                 signal.signal(signal.SIGTERM, self.old_sigterm)
@@ -213,7 +233,24 @@ class GateSession:
         from llorch_harness.perf import runkey
 
         node.workerinput[WORKERINPUT_KEY] = self.decision.to_json()
+        node.workerinput[LOADGROUP_KEY] = self.config.getoption("dist", "no") == "loadgroup"
+        node.workerinput[xdistgroups.WORKERINPUT_KEY] = str(self.groups_dir())
         node.workerinput[runkey.WORKERINPUT_KEY] = runkey.run_key(self.config)
+
+    def groups_dir(self) -> Path:
+        """Where xdist workers write their device groups (made once, removed at the end)."""
+        if self._groups_dir is None:
+            import tempfile
+
+            self._groups_dir = Path(tempfile.mkdtemp(prefix="llorch-groups-"))
+        return self._groups_dir
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """loadgroup with the device groups the workers wrote (xdistgroups: why)."""
+        if config.getoption("dist", "no") != "loadgroup":
+            return None
+        return xdistgroups.make_scheduler(config, log, self.groups_dir())
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_metadata(self, metadata: dict[str, Any], config: pytest.Config) -> None:
@@ -223,12 +260,33 @@ class GateSession:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return header_lines(self.decision)
 
+    # tryfirst: xdist's worker turns each item's xdist_group mark into its node id's @group
+    # suffix in its own modifyitems; the marks must be there before, or the controller's
+    # loadgroup sees no group and spreads one device's tests over several workers
+    @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
-        """Deterministic on every xdist worker: the decision is the controller's."""
+        """Deterministic on every xdist worker: the decision is the controller's. Model tests
+        run model by model after the rest (models.order_by_model)."""
         errors = [e for e in (apply_verdict(self.decision, item) for item in items) if e]
         if errors:
             raise pytest.UsageError("invalid gate markers:\n  " + "\n  ".join(errors))
+        models.order_by_model(items, self.decision.gate_models)  # model by model, last
+        groups_dir = getattr(config, "workerinput", {}).get(xdistgroups.WORKERINPUT_KEY)
+        if groups_dir:  # the controller schedules by these (xdistgroups: why not xdist's)
+            xdistgroups.write_groups(groups_dir, xdistgroups.worker_name(),
+                                     xdistgroups.groups_of(items))
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        models.parametrize_models(metafunc, self.decision.gate_models)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """What this process saw of each model test, for the CP4 items of its model."""
+        props = dict(report.user_properties)
+        model, backend = props.get(models.MODEL_PROPERTY), props.get("gate_backend")
+        if model and backend:
+            models.note_outcome(str(model), str(backend), models.test_name(report.nodeid),
+                                report.when, report.outcome)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:

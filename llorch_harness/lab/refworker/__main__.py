@@ -33,7 +33,7 @@ from llorch_harness.lab.refworker.persona import (
 PROG = "llorch-ref-candled"
 CPU = PERSONAS["cpu"]
 __all__ = ["CliExit", "WorkerArgs", "main", "parse_args"]
-CP3_ONLY_FAULTS = ("qwen_cache_bug", "decode_positions")
+CP3_ONLY_FAULTS = ("qwen_cache_bug", "cp3_cache", "decode_positions")
 
 # (flag, value name, required)
 _OPTIONS: tuple[tuple[str, str, bool], ...] = (

@@ -29,6 +29,7 @@ FLAG_NAMES: tuple[str, ...] = (
     "nan",
     "stall",
     "qwen_cache_bug",
+    "cp3_cache",
     "decode_positions",
     "wrong_rope_base",
     "swapped_layers",
@@ -59,6 +60,9 @@ class Faults:
     # the KV cache is never reset (prompts of 2+ tokens fail on a non-empty cache), and
     # decode steps run at positions 1, 2, ... (the loop index) instead of prompt_len, ...
     qwen_cache_bug: bool = False
+    # CP3's cache resets per architecture, as the real worker has them: Llama resets, Qwen and
+    # Mistral never (qwen_cache_bug's behaviour for those two only), Phi keeps its own.
+    cp3_cache: bool = False
     decode_positions: bool = False
     # Deterministic but wrong models (the reference check must catch them): RoPE computed
     # with a base 100 times too small; the weights of layers 0 and 1 loaded into each other.

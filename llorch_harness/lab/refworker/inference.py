@@ -63,6 +63,10 @@ def forward_failed_text(display: str) -> str:
 PROGRESS_EVERY = 10
 
 
+# the architectures whose reset_cache() is a no-op in CP3's llorch-candled (models/mod.rs)
+CP3_NO_RESET = ("Qwen", "Mistral")
+
+
 class InferenceFailed(Exception):
     """`execute` failed; `str()` is exactly what the real worker sends and logs."""
 
@@ -163,7 +167,8 @@ class CandledBackend:
 
     def _reset_cache(self, stale_prompt_len: int | None) -> int:
         """`model.reset_cache()`; returns the position the prompt goes to."""
-        if self.faults.qwen_cache_bug:
+        if self.faults.qwen_cache_bug or (self.faults.cp3_cache
+                                          and self.display in CP3_NO_RESET):
             self.log.warn(f"Cache reset not implemented for {self.display}")
             return 0
         if stale_prompt_len is not None:
