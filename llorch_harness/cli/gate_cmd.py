@@ -69,6 +69,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     m.add_argument("--perf", action="append", default=[], metavar="PATH",
                    help="a pool's performance results store or `llorch-harness history "
                    "--export` file (repeatable): its history beside the gate JSONs' records")
+    m.add_argument("--model-support", metavar="PATH",
+                   help="write CP4's MODEL_SUPPORT.md (the model x backend matrix) from the "
+                   "results' model_runs (the gate run with --gate-models); none: exit 2, "
+                   "nothing written")
     m.set_defaults(func=cmd_merge)
 
     r = gsub.add_parser(
@@ -88,10 +92,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.set_defaults(func=cmd_run)
 
 
-def _print_summary(merged: gatemerge.MergedGate, html: Path | None, js: Path | None) -> None:
+def _print_summary(merged: gatemerge.MergedGate, html: Path | None, js: Path | None,
+                   support: Path | None = None) -> None:
     for line in gatemerge.summary_lines(merged):
         print(line)
-    for label, path in (("report", html), ("json", js)):
+    for label, path in (("report", html), ("json", js), ("model support", support)):
         if path is not None:
             print(f"merged {label}: {path}")
 
@@ -123,9 +128,10 @@ def cmd_merge(args: argparse.Namespace) -> int:
     reports = {r.name: gatemerge.find_report(r, overrides.get(r.name)) for r in results}
     html = Path(args.html) if args.html else None
     js = Path(args.json) if args.json else None
+    support = Path(args.model_support) if args.model_support else None
     gatemerge.write_outputs(merged, reports, html_path=html, json_path=js,
-                            perf_sources=args.perf)
-    _print_summary(merged, html, js)
+                            perf_sources=args.perf, support_path=support)
+    _print_summary(merged, html, js, support)
     return merged.exit_code
 
 

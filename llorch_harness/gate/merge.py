@@ -34,6 +34,7 @@ from llorch_harness.gate.render import (
 from llorch_harness.gate.results import (
     ALL_BACKENDS,
     GPU_BACKENDS,
+    ModelRun,
     PoolResult,
     TestOutcome,
     load_result,
@@ -46,7 +47,7 @@ from llorch_harness.gate.results import (
 
 __all__ = [  # loading lives in results, output in render; callers take all from here
     "ALL_BACKENDS", "DEFAULT_MAX_AGE_H", "GPU_BACKENDS", "MERGE_SCHEMA", "Cell",
-    "MergedGate", "PoolResult", "Row", "TestOutcome", "find_report", "link_for",
+    "MergedGate", "ModelRun", "PoolResult", "Row", "TestOutcome", "find_report", "link_for",
     "load_result", "merge", "parse_pool_list", "parse_result", "parse_time", "pool_roles",
     "render_html", "split_named", "summary_lines", "to_json", "write_outputs",
 ]
@@ -157,6 +158,7 @@ def merge(
         problems.append(f"missing pool {name}: {why}")
     stale = _pool_problems(pools, now, max_age_h, harness_version, problems)
     rows = _rows(pools, list(items if items is not None else checklist()), problems)
+    problems += _model_run_problems(pools)
     verdict = "pass" if not problems else "fail"
     return MergedGate(verdict, list(pools), rows, problems, missing, stale, expected,
                       max_age_h, now)
@@ -189,6 +191,25 @@ def _pool_problems(pools: Sequence[PoolResult], now: datetime, max_age_h: float,
         if backend not in played:
             problems.append(f"no pool ran the {backend} backend (CP3 needs a {backend} pool)")
     return stale
+
+
+def _model_run_problems(pools: Sequence[PoolResult]) -> list[str]:
+    """A failed model run that no failed test of that model and backend shows (a document
+    at odds with itself) still fails the verdict. A failure its tests carry is already a
+    failed item: named once, there, not twice. Skipped tests fail through their items; a
+    run with no test ("not run") shows in MODEL_SUPPORT.md, it judges nothing here."""
+    out = []
+    for p in pools:
+        for run in p.model_runs:
+            if run.status != "fail":
+                continue
+            if any(o.status == "fail" and o.model == run.model
+                   and o.backend in (run.backend, None) for o in p.outcomes):
+                continue
+            why = "; ".join(run.failed_items) or run.reason or "no reason given"
+            out.append(f"MODEL FAILED {run.model} on {run.backend} on pool {p.name}, "
+                       f"though no test of it failed there: {why}")
+    return out
 
 
 def _rows(pools: Sequence[PoolResult], gate_items: list[GateItem],

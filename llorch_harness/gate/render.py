@@ -17,9 +17,11 @@ from urllib.parse import quote, urlsplit
 
 from llorch_harness import __version__
 from llorch_harness.errors import HarnessError
-from llorch_harness.fsutil import atomic_write_text
+from llorch_harness.fsutil import atomic_write_text, refuse_non_regular_target
+from llorch_harness.gate import modelsupport
 from llorch_harness.gate.checklist import CHECKPOINT
 from llorch_harness.gate.results import PoolResult
+from llorch_harness.gate.supportrender import render_html_section, render_markdown
 from llorch_harness.redaction import redact
 
 if TYPE_CHECKING:  # the merge imports this module: the type only, no import cycle
@@ -61,7 +63,9 @@ def _iso(when: datetime | None) -> str | None:
 
 
 def to_json(m: MergedGate, reports: Mapping[str, Path | str | None], page_dir: Path) -> dict:
-    """The merged document (`--json`); links relative to `page_dir`."""
+    """The merged document (`--json`); links relative to `page_dir`. `model_support` is
+    the CP4 matrix (`gate.modelsupport.to_json`), null when no pool reported model runs."""
+    support = modelsupport.build(m)
     return {
         "schema": MERGE_SCHEMA,
         "kind": "llorch-harness gate merge",
@@ -100,6 +104,7 @@ def to_json(m: MergedGate, reports: Mapping[str, Path | str | None], page_dir: P
             }
             for r in m.rows
         ],
+        "model_support": modelsupport.to_json(support) if support else None,
     }
 
 
@@ -132,7 +137,8 @@ def _badge(status: str, required: bool) -> str:
 def render_html(m: MergedGate, reports: Mapping[str, Path | str | None], page_dir: Path,
                 extra_html: str = "") -> str:
     """A self-contained page: verdict, problems, pools (with report links), the checklist,
-    then `extra_html` (the pools' performance, llorch_harness.perf)."""
+    the model support matrix when pools reported model runs (CP4), then `extra_html` (the
+    pools' performance, llorch_harness.perf)."""
     color = "#1a7f37" if m.verdict == "pass" else "#cf222e"
     out = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -151,6 +157,7 @@ def render_html(m: MergedGate, reports: Mapping[str, Path | str | None], page_di
         out.append("</ul>")
     out += _pools_table(m, reports, page_dir)
     out += _checklist_table(m)
+    out.append(render_html_section(modelsupport.build(m)))
     if extra_html:
         out.append(extra_html)
     out.append("</body></html>\n")
@@ -229,10 +236,13 @@ def summary_lines(m: MergedGate) -> list[str]:
 
 def write_outputs(m: MergedGate, reports: Mapping[str, Path | str | None], *,
                   html_path: Path | None, json_path: Path | None,
-                  perf_sources: Sequence[Path | str] = ()) -> None:
-    """Write the merged HTML and JSON atomically; links are relative to each file's folder.
-    The pools' performance records (their gate JSON, plus `perf_sources`: stores or exports)
-    are read first, so a bad source writes nothing."""
+                  perf_sources: Sequence[Path | str] = (),
+                  support_path: Path | None = None) -> None:
+    """Write the merged HTML, JSON and MODEL_SUPPORT.md atomically; links are relative to
+    each file's folder. The pools' performance records (their gate JSON, plus
+    `perf_sources`: stores or exports) are read and the Markdown is made first, so a bad
+    source or a refused `support_path` writes nothing."""
+    support_md = _support_markdown(m, support_path)
     perf_html, perf_json = _performance(m, perf_sources)
     try:
         if html_path is not None:  # reports pass the one redaction, like the pools' own
@@ -243,9 +253,26 @@ def write_outputs(m: MergedGate, reports: Mapping[str, Path | str | None], *,
             if perf_json is not None:
                 doc["performance"] = perf_json
             atomic_write_text(json_path, redact(json.dumps(doc, indent=2)) + "\n")
+        if support_path is not None and support_md is not None:
+            atomic_write_text(support_path, redact(support_md))
     except OSError as exc:
         raise HarnessError(f"cannot write the merged report: {exc.strerror or exc} "
                            f"({exc.filename or ''})", exit_code=2) from None
+
+
+def _support_markdown(m: MergedGate, path: Path | None) -> str | None:
+    """MODEL_SUPPORT.md's text, or a HarnessError (exit 2) before anything is written: a
+    target that is not a file, or no merged result with model runs to fill it."""
+    if path is None:
+        return None
+    refuse_non_regular_target(path, "--model-support target",
+                              "name a file to write MODEL_SUPPORT.md to")
+    support = modelsupport.build(m)
+    if support is None:
+        raise HarnessError(modelsupport.no_model_runs_problem(m.pools),
+                           "run the gate on each pool with --gate-models, then merge again",
+                           exit_code=2)
+    return render_markdown(support)
 
 
 def _performance(m: MergedGate, sources: Sequence[Path | str]

@@ -7,6 +7,7 @@ one HarnessError line naming the file (exit 2), and only a regular file is ever 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +42,32 @@ class TestOutcome:
     status: str  # pass | fail | error | skip | xfail
     reason: str | None
     nodeid: str | None
+    model: str | None = None  # the model of a model-parametrized test (CP4), else None
+
+
+@dataclass(frozen=True)
+class ModelRun:
+    """One (model, backend) run a pool selected (`model_runs`, CP4): its outcome and figures.
+
+    Why typed: MODEL_SUPPORT.md is written from these alone, so a wrong type in a pool's
+    document is bad input here, not a blank cell later."""
+
+    model: str
+    backend: str
+    status: str  # pass | fail | error | skip | not run
+    failed_items: tuple[str, ...] = ()
+    reason: str | None = None
+    name: str | None = None
+    architecture: str | None = None
+    repo: str | None = None
+    revision: str | None = None
+    size_bytes: int | None = None
+    startup_s: float | None = None
+    memory_bytes: int | None = None
+    memory_kind: str | None = None  # vram | rss
+    tokens_per_sec: float | None = None
+    worker_lives: int | None = None
+    tests: int | None = None
 
 
 @dataclass
@@ -64,6 +91,8 @@ class PoolResult:
     report: str | None = None  # link target for the per-pool HTML report
     concerns: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     performance: list[dict[str, Any]] = field(default_factory=list)  # llorch_harness.perf
+    gate_models: tuple[str, ...] = ()  # --gate-models order (CP4); () in older results
+    model_runs: list[ModelRun] = field(default_factory=list)  # () in older results
 
 
 def _bad(source: Path | str, problem: str) -> HarnessError:
@@ -119,9 +148,93 @@ def _outcome(raw: Any, index: int, source: Path) -> TestOutcome:
                            f"{', '.join(ALL_BACKENDS)} or null")
     reason = raw.get("reason")
     nodeid = raw.get("nodeid")
+    model = raw.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _bad(source, f"{where}.model must be a string or null")
     return TestOutcome(raw["section"], raw["item"], backend, status,
                        str(reason) if reason is not None else None,
-                       str(nodeid) if nodeid is not None else None)
+                       str(nodeid) if nodeid is not None else None, model or None)
+
+
+_RUN_STATUSES = {**{k: v for k, v in _STATUS_ALIASES.items() if v != "xfail"},
+                 "not run": "not run"}
+
+
+def _run_num(raw: Mapping[str, Any], key: str, where: str, source: Path,
+             integer: bool = False) -> Any:
+    """An optional figure: null, or a finite number >= 0 (an integer where it counts)."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value) \
+            or value < 0:
+        what = "an integer" if integer else "a number"
+        raise _bad(source, f"{where}.{key} must be {what} >= 0 or null, got {str(value)[:30]!r}")
+    return value
+
+
+def _run_str(raw: Mapping[str, Any], key: str, where: str, source: Path) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _bad(source, f"{where}.{key} must be a string or null")
+    return value or None
+
+
+def _run_memory(raw: Mapping[str, Any], where: str, source: Path) -> tuple[int | None, str | None]:
+    mem = raw.get("memory_at_ready")
+    if mem is None:
+        return None, None
+    if not isinstance(mem, dict) or mem.get("kind") not in ("vram", "rss"):
+        raise _bad(source, f"{where}.memory_at_ready must be {{bytes, kind: vram|rss}} or null")
+    return _run_num(mem, "bytes", f"{where}.memory_at_ready", source, integer=True), mem["kind"]
+
+
+def _model_run(raw: Any, index: int, source: Path) -> ModelRun:
+    where = f"model_runs[{index}]"
+    if not isinstance(raw, dict):
+        raise _bad(source, f"{where} must be an object")
+    for key in ("model", "backend", "status"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise _bad(source, f"{where}.{key} missing or not a string")
+    if raw["backend"] not in ALL_BACKENDS:
+        raise _bad(source, f"{where}.backend {raw['backend'][:30]!r} is not one of "
+                           f"{', '.join(ALL_BACKENDS)}")
+    status = _RUN_STATUSES.get(raw["status"])
+    if status is None:
+        raise _bad(source, f"{where}.status {raw['status'][:30]!r} is not one of "
+                           "pass, fail, error, skip, not run")
+    failed = raw.get("failed_items") or []
+    if not isinstance(failed, list) or not all(isinstance(f, str) for f in failed):
+        raise _bad(source, f"{where}.failed_items must be a list of strings")
+    mem_bytes, mem_kind = _run_memory(raw, where, source)
+    return ModelRun(
+        model=raw["model"], backend=raw["backend"], status=status, failed_items=tuple(failed),
+        reason=_run_str(raw, "reason", where, source), name=_run_str(raw, "name", where, source),
+        architecture=_run_str(raw, "architecture", where, source),
+        repo=_run_str(raw, "repo", where, source),
+        revision=_run_str(raw, "revision", where, source),
+        size_bytes=_run_num(raw, "size_bytes", where, source, integer=True),
+        startup_s=_run_num(raw, "startup_s", where, source), memory_bytes=mem_bytes,
+        memory_kind=mem_kind, tokens_per_sec=_run_num(raw, "tokens_per_sec", where, source),
+        worker_lives=_run_num(raw, "worker_lives", where, source, integer=True),
+        tests=_run_num(raw, "tests", where, source, integer=True))
+
+
+def model_runs(doc: Mapping[str, Any], source: Path) -> list[ModelRun]:
+    """The document's `model_runs` (none in older results); one per (model, backend)."""
+    raw = doc.get("model_runs")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise _bad(source, "'model_runs' must be a list of objects")
+    runs = [_model_run(r, i, source) for i, r in enumerate(raw)]
+    seen: set[tuple[str, str]] = set()
+    for run in runs:
+        if (run.model, run.backend) in seen:
+            raise _bad(source, f"two model_runs for {run.model[:40]!r} on {run.backend}")
+        seen.add((run.model, run.backend))
+    return runs
 
 
 def pool_roles(doc: Mapping[str, Any], outcomes: Sequence[TestOutcome],
@@ -192,6 +305,8 @@ def parse_result(doc: Any, source: Path, name: str | None = None) -> PoolResult:
         outcomes=outcomes, report=report, concerns=concerns,
         performance=[r for r in doc.get("performance") or [] if isinstance(r, dict)]
         if isinstance(doc.get("performance"), list) else [],
+        gate_models=_str_list(doc, "gate_models", source) or (),
+        model_runs=model_runs(doc, source),
     )
 
 
