@@ -93,6 +93,19 @@ def test_several_models_run_model_by_model_cp4_items_last(pytester: pytest.Pytes
                    "test_check[tiny-qwen-cpu]", "test_cp4_item[tiny-qwen-cpu]"], ids
 
 
+@pytest.mark.parametrize("how", ["env", "ini"])
+def test_gate_models_from_env_and_ini(pytester: pytest.Pytester, monkeypatch, how):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    if how == "env":
+        monkeypatch.setenv("LLORCH_GATE_MODELS", "tiny-llama,tiny-qwen")
+    else:
+        pytester.makeini("[pytest]\nllorch_gate_models = tiny-llama tiny-qwen\n")
+    res = _collect(pytester)
+    assert res.ret == 0, res.stdout.str()
+    ids = [ln.split("::", 1)[1] for ln in res.stdout.lines if "::" in ln]
+    assert ids[1:3] == ["test_check[tiny-llama-cpu]", "test_cp4_item[tiny-llama-cpu]"], ids
+
+
 @pytest.mark.parametrize("args, words", [
     (["--gate-models", "tiny-qwen,../etc"], "--gate-models"),
     (["--gate-model", "tiny-llama", "--gate-models", "tiny-qwen,tiny-llama"], "disagree"),

@@ -151,6 +151,33 @@ def test_two_pools_pass_then_one_broken_pool_fails_naming_item(tmp_path: Path,
     assert len(failed) == 1 and "on pool workstation" in failed[0]
 
 
+def test_gate_models_reach_every_pool_and_model_support_is_written(tmp_path: Path,
+                                                                  sshd: SshdServer) -> None:
+    """`gate run --gate-models A,B --model-support F`: each pool's pytest gets the models (its
+    gate JSON lists them) and the merged MODEL_SUPPORT.md has a row per model; a bad id is
+    refused before any pool is asked."""
+    pools = {"mac": light_pool(sshd, tmp_path, "mac", "metal"),
+             "workstation": light_pool(sshd, tmp_path, "workstation", "cuda")}
+    pf = write_pools_file(tmp_path / "pools.toml", sshd, pools)
+    out = tmp_path / "out"
+    support = tmp_path / "MODEL_SUPPORT.md"
+    res = gate_run(tmp_path, pf, "mac,workstation", out, "--gate-models",
+                   "tiny-qwen,tiny-llama", "--model-support", str(support))
+    assert res.returncode == 0, res.stdout + res.stderr
+    for name in ("mac", "workstation"):
+        doc = json.loads((out / f"cp3-{name}.json").read_text())
+        assert doc["gate_models"] == ["tiny-qwen", "tiny-llama"]
+        assert "--gate-models=tiny-qwen,tiny-llama" in (out / f"cp3-{name}.log").read_text()
+    text = support.read_text()
+    table = text.split("## Tested models", 1)[1].split("##", 1)[0]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| tiny-")]
+    assert [r.split("|")[1].strip() for r in rows] == ["tiny-qwen", "tiny-llama"], table
+    assert "Metal (mac)" in table and "CUDA (workstation)" in table
+    bad = gate_run(tmp_path, pf, "mac,workstation", out, "--gate-models", "tiny-qwen,../x")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --gate-models"), bad.stderr
+    assert "starting on" not in bad.stdout
+
+
 def test_unreachable_pool_is_reported_with_host_and_counts_as_missing(
         tmp_path: Path, sshd: SshdServer) -> None:
     mac = light_pool(sshd, tmp_path, "mac", "metal")

@@ -206,14 +206,23 @@ def test_pick_implementation_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert pick_implementation("off", "qwen2") is None
     monkeypatch.setattr("llorch_harness.checks.reference.transformers_available", lambda: False)
     assert pick_implementation("auto", "qwen2") == "numpy"
+    for arch in ("llama", "mistral", "phi3"):  # CP4's architectures: the numpy decoder's
+        assert pick_implementation("auto", arch) == "numpy"
     with pytest.raises(HarnessError, match="no reference implementation"):
-        pick_implementation("auto", "phi3")
+        pick_implementation("auto", "gemma")
     with pytest.raises(HarnessError, match="needs torch and transformers"):
         pick_implementation("transformers", "qwen2")
     with pytest.raises(HarnessError, match="unknown reference"):
         pick_implementation("maybe", "qwen2")
     monkeypatch.setattr("llorch_harness.checks.reference.transformers_available", lambda: True)
     assert pick_implementation("auto", "phi3") == "transformers"
+
+
+def test_numpy_reference_runs_every_architecture_the_decoder_has() -> None:
+    from llorch_harness.checks.reference import _NUMPY_ARCHITECTURES
+    from llorch_harness.lab.refworker.architectures import SUPPORTED
+
+    assert set(SUPPORTED) == _NUMPY_ARCHITECTURES
 
 
 def test_worker_eos_rule(numpy_ref: NumpyReference) -> None:

@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
 from llorch_harness.cli.common import require_subcommand, sigterm_interrupts
 from llorch_harness.errors import HarnessError
+from llorch_harness.fsutil import refuse_non_regular_target
 from llorch_harness.gate import merge as gatemerge
 from llorch_harness.gate import run as gaterun
 
@@ -88,6 +90,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="where the per-pool results and the merged report go (default reports)")
     r.add_argument("--timeout", metavar="S", type=_seconds, default=gaterun.DEFAULT_TIMEOUT_S,
                    help=f"per-pool limit for the gate run (default {gaterun.DEFAULT_TIMEOUT_S:g})")
+    r.add_argument("--gate-models", metavar="ID[,ID...]", default=None,
+                   help="run the inference checks and CP4's items on every one of these models "
+                   "on each pool (the first is the CP3 gate model; default: the gate's own)")
+    r.add_argument("--model-support", metavar="PATH",
+                   help="also write CP4's MODEL_SUPPORT.md from the merged results")
     _add_outputs(r, None)
     r.set_defaults(func=cmd_run)
 
@@ -141,15 +148,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise HarnessError("--pools names no pool", "e.g. --pools mac,workstation", exit_code=2)
     gate_pools = gaterun.load_gate_pools(names, args.pools_file,
                                          getattr(args, "pool_root", None))
+    models = _gate_models(args.gate_models)
+    if models:
+        gate_pools = [dataclasses.replace(p, gate_models=models) for p in gate_pools]
+    support = Path(args.model_support) if args.model_support else None
+    if support is not None:  # refused before the pools spend an hour, not after
+        refuse_non_regular_target(support, "--model-support target",
+                                  "name a file to write MODEL_SUPPORT.md to")
     out = Path(args.out)
     with sigterm_interrupts():  # a stopped `gate run` stops the gate on every pool too
         runs = gaterun.run_pools(gate_pools, out, timeout=args.timeout)
     merged, reports = gaterun.merge_runs(runs, max_age_h=args.max_age)
     html = Path(args.html) if args.html else out / "cp3.html"
     js = Path(args.json) if args.json else out / "cp3.json"
-    gatemerge.write_outputs(merged, reports, html_path=html, json_path=js)
-    _print_summary(merged, html, js)
+    gatemerge.write_outputs(merged, reports, html_path=html, json_path=js, support_path=support)
+    _print_summary(merged, html, js, support)
     return merged.exit_code
+
+
+def _gate_models(raw: str | None) -> tuple[str, ...]:
+    """`--gate-models a,b`: ids checked here, before they reach a pool's command line."""
+    from llorch_harness.pool.paths import validate_model_id
+
+    models = tuple(dict.fromkeys(m.strip() for m in (raw or "").split(",") if m.strip()))
+    for model_id in models:
+        try:
+            validate_model_id(model_id)
+        except HarnessError as err:
+            raise HarnessError(f"--gate-models: {err.message}", err.hint, exit_code=2) from None
+    return models
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,6 +55,7 @@ class GatePool:
 
     config: pools.PoolConfig
     checkout: str
+    gate_models: tuple[str, ...] = ()  # --gate-models for the pool's pytest (CP4); () default
 
     @property
     def name(self) -> str:
@@ -105,6 +106,8 @@ def pytest_words(pool: GatePool, tmp: str) -> list[str]:
         words += ["--require-backend", b]
     if pool.config.root:
         words.append(f"--pool-root={pool.config.root}")
+    if pool.gate_models:
+        words.append(f"--gate-models={','.join(pool.gate_models)}")
     stem = f"{tmp}/{result_stem(pool.name)}"
     words += [f"--basetemp={tmp}/basetemp", f"--gate-json={stem}.json",
               f"--html={stem}.html", "--self-contained-html", f"--junitxml={stem}.xml"]
