@@ -303,12 +303,10 @@ def test_sigkill_mid_download_then_rerun_completes(hub: LocalHub, hub_root: Path
 # --------------------------------------------------------------------------- full disk
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A real 8 MiB tmpfs: the weights (40 MiB) cannot fit."""
+def _tmpfs(tmp_path: Path, mib: int) -> Iterator[Path]:
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)],
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(mnt)],
                        capture_output=True, text=True, check=False, timeout=30)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
@@ -319,18 +317,67 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
                        capture_output=True)
 
 
-def test_full_disk_fails_clearly_and_leaves_catalog_untouched(
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 8 MiB tmpfs: the weights (40 MiB) cannot fit."""
+    yield from _tmpfs(tmp_path, 8)
+
+
+@pytest.fixture
+def roomy_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 48 MiB tmpfs: the weights fit when the download starts."""
+    yield from _tmpfs(tmp_path, 48)
+
+
+def test_too_little_space_is_refused_before_any_byte(
         hub: LocalHub, small_fs: Path, tmp_path: Path) -> None:
+    """The free-space check: the 40 MiB weights on an 8 MiB disk are refused up front, by
+    name and figures; nothing fetched, the catalog as it was."""
     pool = PoolPaths.at(small_fs / "pool")
     cat.register_model(pool, BIG_ID, name="Big", repo=BIG_REPO, architecture="qwen")
     before = pool.catalog_path.read_bytes()
     r = pool_cli(pool, env_for(hub, tmp_path), "download", BIG_ID)
     assert r.returncode != 0
     line = one_error_line(r)
+    assert "not enough disk space" in line and BIG_ID in line and "free" in line, line
+    assert pool.catalog_path.read_bytes() == before
+    assert temp_files(pool.root) == []
+    assert not any(rec.file == BIG_WEIGHTS for rec in hub.requests if rec.method == "GET")
+    figure("download_no_space", tmpfs_bytes=8 * MIB, weights_bytes=BIG_SIZE,
+           message=line, catalog_unchanged=True, temp_files_left=0)
+
+
+def test_full_disk_fails_clearly_and_leaves_catalog_untouched(
+        hub: LocalHub, roomy_fs: Path, tmp_path: Path) -> None:
+    """The disk fills up while the weights arrive (another writer takes the space after the
+    check passed): one line naming the disk, the catalog untouched, no partial file left."""
+    pool = PoolPaths.at(roomy_fs / "pool")
+    cat.register_model(pool, BIG_ID, name="Big", repo=BIG_REPO, architecture="qwen")
+    before = pool.catalog_path.read_bytes()
+    hub.faults.stall(BIG_WEIGHTS, seconds=3.0, after_bytes=MIB)
+    argv = [str(LLORCH_POOL), "models", "download", BIG_ID, "--keep-free", "0",
+            "--pool-root", str(pool.root)]
+    proc = subprocess.Popen(argv, env=env_for(hub, tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(rec.file == BIG_WEIGHTS for rec in hub.requests), 60,
+                 "the weights' GET")
+        with contextlib.suppress(OSError), open(roomy_fs / "filler", "wb") as fh:
+            while True:  # the other writer: everything that is left
+                fh.write(b"\0" * MIB)
+                fh.flush()
+        out, err = proc.communicate(timeout=ANTI_HANG_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    r = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    assert r.returncode != 0
+    line = one_error_line(r)
     assert "disk full" in line and BIG_ID in line and "free space" in line, line
     assert pool.catalog_path.read_bytes() == before
     assert temp_files(pool.root) == []
-    figure("download_full_disk", tmpfs_bytes=8 * MIB, weights_bytes=BIG_SIZE,
+    figure("download_full_disk", tmpfs_bytes=48 * MIB, weights_bytes=BIG_SIZE,
            message=line, catalog_unchanged=True, temp_files_left=0)
 
 
