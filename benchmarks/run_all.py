@@ -10,7 +10,8 @@ the git commit, the targets table and, for every missed target, why and what it 
     .venv/bin/python benchmarks/run_all.py --quick    # smoke run, ~1.5 min
     .venv/bin/python benchmarks/run_all.py --gate-variant /tmp/patched-tree
 
-Items: 1-3 bench_workers.py, 4 bench_download.py, 5 bench_gate.py, 6 bench_refworker.py.
+Items: 1-3 bench_workers.py, 4 bench_download.py, 5 bench_gate.py, 6 bench_refworker.py,
+CP4 bench_models.py (full run only).
 Not a test: pytest never collects benchmarks/.
 """
 
@@ -130,6 +131,11 @@ def plan(args: argparse.Namespace, tmp: Path) -> list[Step]:
         "--md", str(tmp / "gate.md"), "--repeats", "1" if q else str(args.gate_repeats),
         *(["--variant", str(args.gate_variant)] if args.gate_variant else [])],
         tmp / "gate.md", tmp / "gate.json"))
+    if not q:  # CP4's cost per model: one pair of gates (~80 s) after bench_gate warmed up
+        steps.append(Step("models", "CP4", [
+            py, "benchmarks/bench_models.py", "--json", str(tmp / "models.json"),
+            "--md", str(tmp / "models.md"), "--repeats", "1", "--no-warmup"],
+            tmp / "models.md", tmp / "models.json"))
     return steps
 
 
@@ -380,6 +386,7 @@ def render(args: argparse.Namespace, info: dict[str, Any], steps: list[Step], st
     lines.append("")
     order = [("workers", "## 1-3. Worker lifecycle (bench_workers.py)"),
              ("download", None), ("gate", None),
+             ("models", "## CP4. The gate over several models (bench_models.py)"),
              ("refworker", "## 6. Reference worker throughput (bench_refworker.py)")]
     for name, title in order:
         s = by.get(name)
