@@ -262,7 +262,8 @@ def wait_ready(
                 last = (f"/health {health.detail}" if not health.healthy
                         else "/health is healthy but no ready callback arrived")
             answered = answered or health.state in ("healthy", "unhealthy")
-        elif callback.received is not None:
+        elif callback.received is not None and not answered:
+            # once /health has answered, a connect cut short by the deadline says less
             last = "ready callback received, port not accepting connections yet"
         if time.monotonic() >= deadline:
             raise NotReady(f"not ready within {timeout:g} s ({last})")
