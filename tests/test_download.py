@@ -62,13 +62,12 @@ def pool(tmp_path: Path) -> PoolPaths:
     return PoolPaths.at(tmp_path / "pool")
 
 
-@pytest.fixture
-def env(hub: LocalHub, tmp_path: Path) -> dict[str, str]:
-    """A clean client environment: local hub, no saved login, no user cache."""
+def hub_client_env(hub_url: str, tmp_path: Path) -> dict[str, str]:
+    """A clean client environment: the hub at `hub_url`, no saved login, no user cache."""
     e = {k: v for k, v in os.environ.items()
          if not k.startswith(("HF_", "HUGGING", "LLORCH_POOL_ROOT"))}
     e.update({
-        "HF_ENDPOINT": hub.url,
+        "HF_ENDPOINT": hub_url,
         "HF_HOME": str(tmp_path / "hf-home"),
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "HF_HUB_DISABLE_XET": "1",
@@ -76,6 +75,11 @@ def env(hub: LocalHub, tmp_path: Path) -> dict[str, str]:
         "NO_COLOR": "1",
     })
     return e
+
+
+@pytest.fixture
+def env(hub: LocalHub, tmp_path: Path) -> dict[str, str]:
+    return hub_client_env(hub.url, tmp_path)
 
 
 def repo_files(hub_root: Path) -> dict[str, bytes]:

@@ -32,6 +32,7 @@ from llorch_harness.pool import diskspace as ds
 from llorch_harness.pool import downloadall
 from llorch_harness.pool.download import HF_DOWNLOAD_SUBDIR, matches_patterns, model_lock_path
 from llorch_harness.pool.paths import PoolPaths
+from tests.test_download import hub_client_env
 
 LLORCH_POOL = Path(sys.executable).parent / "llorch-pool"
 RUN_TIMEOUT = 240  # anti-hang only
@@ -66,12 +67,7 @@ def pool(tmp_path: Path) -> PoolPaths:
 
 @pytest.fixture
 def env(hub: LocalHub, tmp_path: Path) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items()
-         if not k.startswith(("HF_", "HUGGING", "LLORCH_POOL_ROOT"))}
-    e.update({"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), "NO_COLOR": "1",
-              "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1",
-              "HF_HUB_DISABLE_UPDATE_CHECK": "1"})
-    return e
+    return hub_client_env(hub.url, tmp_path)
 
 
 def pool_cli(pool: PoolPaths, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from llorch_harness.gate.checklist import CHECKPOINT
+from llorch_harness.gate.modelsupport import fmt_bytes
 from llorch_harness.redaction import is_secret_name, redact, secret_values
 
 ALLOWED_METADATA = ("Python", "Platform", "Packages", "Plugins")
@@ -134,9 +135,8 @@ def per_model(row: Mapping[str, Any]) -> str:
 
 
 def _size(n: Any) -> str:
-    if not isinstance(n, int | float):
-        return "—"
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+    """Bytes as the merged MODEL_SUPPORT.md writes them (unknown: a dash)."""
+    return fmt_bytes(int(n)) if isinstance(n, int | float) else "—"
 
 
 def model_run_lines(runs: list[dict[str, Any]]) -> list[str]:

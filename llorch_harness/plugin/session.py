@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 _VERDICT_KEY = pytest.StashKey[labs.ItemVerdict]()
-LOADGROUP_KEY = "llorch_loadgroup"  # workerinput: the controller schedules by xdist_group
 # tests that start workers: they stay on one xdist worker per device (xdist_group)
 _DEVICE_FIXTURES = ("worker_factory", "model_under_test")
 
@@ -55,11 +54,6 @@ def activate(config: pytest.Config, reason: str) -> None:
     if config.getoption("dist", "no") == "load":
         # device groups must stay on one worker: loadgroup honours xdist_group, load does not
         config.option.dist = "loadgroup"
-    if getattr(config, "workerinput", {}).get(LOADGROUP_KEY):
-        # xdist set the worker's own `loadgroup` from the command line (`-n 2` means load),
-        # before the controller's switch: without this the worker never suffixes node ids
-        # with their group and the controller schedules each device test on its own
-        config.option.loadgroup = True
     _add_harness_metadata(config)
     if not is_xdist_worker(config):
         sweep.install_session_marker()
@@ -233,7 +227,6 @@ class GateSession:
         from llorch_harness.perf import runkey
 
         node.workerinput[WORKERINPUT_KEY] = self.decision.to_json()
-        node.workerinput[LOADGROUP_KEY] = self.config.getoption("dist", "no") == "loadgroup"
         node.workerinput[xdistgroups.WORKERINPUT_KEY] = str(self.groups_dir())
         node.workerinput[runkey.WORKERINPUT_KEY] = runkey.run_key(self.config)
 
@@ -260,10 +253,6 @@ class GateSession:
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return header_lines(self.decision)
 
-    # tryfirst: xdist's worker turns each item's xdist_group mark into its node id's @group
-    # suffix in its own modifyitems; the marks must be there before, or the controller's
-    # loadgroup sees no group and spreads one device's tests over several workers
-    @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(self, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
         """Deterministic on every xdist worker: the decision is the controller's. Model tests
