@@ -18,8 +18,11 @@ from tests import fakesmi
 
 # A worker that listens on a port; with "leak" it hands the socket to a child in its own
 # session that ignores SIGINT and SIGTERM, and exits on SIGINT without it.
+# Its SIGINT handler exists before it prints the port: the test signals as soon as it reads
+# the port, and a SIGINT that met Python's default handler there would end it with -2.
 WORKER = textwrap.dedent("""
     import os, signal, socket, subprocess, sys, time
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", 0)); s.listen()
     if sys.argv[1] == "leak":
@@ -31,10 +34,7 @@ WORKER = textwrap.dedent("""
                                  stdout=subprocess.PIPE)
         child.stdout.readline()
     print(s.getsockname()[1], flush=True)
-    try:
-        time.sleep(120)
-    except KeyboardInterrupt:
-        sys.exit(0)
+    time.sleep(120)
 """)
 
 
