@@ -303,11 +303,30 @@ def parse_result(doc: Any, source: Path, name: str | None = None) -> PoolResult:
         worker_binaries={str(k): dict(v) for k, v in binaries.items()},
         gate_model=_opt_str(doc, "gate_model", source), exitstatus=exitstatus,
         outcomes=outcomes, report=report, concerns=concerns,
-        performance=[r for r in doc.get("performance") or [] if isinstance(r, dict)]
-        if isinstance(doc.get("performance"), list) else [],
+        performance=performance_section(doc.get("performance"), source),
         gate_models=_str_list(doc, "gate_models", source) or (),
         model_runs=model_runs(doc, source),
     )
+
+
+def performance_section(raw: Any, source: Path) -> list[dict[str, Any]]:
+    """The document's `performance` records (llorch_harness.perf), each type-checked here
+    as a store's rows are: a string where a number belongs, a `check` that is not an
+    object or a trend id that is not an integer is one line naming the field."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise _bad(source, "'performance' must be a list of records")
+    from llorch_harness.perf import checked
+    from llorch_harness.perf.store import StoredRun
+
+    for i, rec in enumerate(raw):
+        try:
+            StoredRun.from_json(rec, f"performance[{i}]")
+            checked.trend(rec.get("trend"), f"performance[{i}].trend")
+        except checked.BadRecord as exc:
+            raise _bad(source, str(exc)) from None
+    return list(raw)
 
 
 def load_result(path: Path, name: str | None = None) -> PoolResult:

@@ -20,6 +20,7 @@ from llorch_harness.fsutil import (
     open_regular,
     read_regular_bytes,
 )
+from llorch_harness.perf.checked import BadRecord
 from llorch_harness.perf.figures import Figure
 from llorch_harness.perf.render import Panel, latest_panels
 from llorch_harness.perf.store import ResultsStore, StoredRun, now_iso
@@ -41,7 +42,9 @@ def _runs_from(raw: Any, where: str) -> list[StoredRun]:
     out = []
     for i, item in enumerate(raw):
         try:
-            out.append(StoredRun.from_json(item))
+            out.append(StoredRun.from_json(item, f"runs[{i}]"))
+        except BadRecord as exc:  # typed where loaded: the field named (perf.checked)
+            raise HarnessError(f"{where}: {exc}", _HINT, 2) from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise HarnessError(f"{where}: run {i} is malformed ({type(exc).__name__}: {exc})",
                                _HINT, 2) from None

@@ -10,12 +10,12 @@ searchable and goes through the same escaping as every other report text.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llorch_harness.perf.figures import format_value
+from llorch_harness.safetext import Markup, text
 
 COLORS = {"regression": "#cf222e", "improvement": "#1a7f37", "ok": "#0969da",
           "history": "#57606a", "band": "#0969da"}
@@ -28,8 +28,8 @@ class TrendPoint:
     failed: bool = False  # a record whose own check failed (drawn hollow)
 
 
-def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
+def _esc(value: object) -> Markup:
+    return text(value)  # the one escaping layer (safetext): texts and numbers alike
 
 
 def _range(values: Sequence[float]) -> tuple[float, float]:
@@ -43,15 +43,21 @@ def _range(values: Sequence[float]) -> tuple[float, float]:
 
 def trend_svg(name: str, points: Sequence[TrendPoint], *, current_id: int | None = None,
               baseline: float | None = None, band: float | None = None,
-              verdict: str = "ok", width: int = 260, height: int = 84) -> str:
+              verdict: str = "ok", width: int = 260, height: int = 84) -> Markup:
     """An SVG of `name` over the given runs (oldest first). The band is drawn around
-    `baseline`; the point of `current_id` is coloured by `verdict`."""
+    `baseline`; the point of `current_id` is coloured by `verdict`. Numbers only reach it
+    typed (the store's loader checks them); every text is escaped."""
+    current_id = current_id if isinstance(current_id, int) else None
+    if not (isinstance(baseline, float | int) and isinstance(band, float | int)
+            and math.isfinite(baseline) and math.isfinite(band)):
+        baseline = band = None
     pts = [p for p in points if p.value is not None and math.isfinite(p.value)]
     if not pts:
-        return (f'<svg class="llorch-trend" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-                f'height="{height}" role="img">'
-                f"<title>{_esc(name)}: no values</title><text x=\"4\" y=\"{height // 2}\" "
-                'font-size="11" fill="#57606a">no values recorded</text></svg>')
+        return Markup(f'<svg class="llorch-trend" xmlns="http://www.w3.org/2000/svg" '
+                      f'width="{width}" height="{height}" role="img">'
+                      f"<title>{_esc(name)}: no values</title><text x=\"4\" "
+                      f'y="{height // 2}" font-size="11" fill="#57606a">no values recorded'
+                      "</text></svg>")
     values = [float(p.value) for p in pts if p.value is not None]
     span = list(values)
     if baseline is not None and band is not None:
@@ -85,15 +91,15 @@ def trend_svg(name: str, points: Sequence[TrendPoint], *, current_id: int | None
               _label(4, top + plot_h, format_value(name, lo)),
               _label(left, height - 2, f"run #{pts[0].run_id}"),
               f'<text x="{width - right}" y="{height - 2}" font-size="9" fill="#57606a" '
-              f'text-anchor="end">#{pts[-1].run_id}</text>', "</svg>"]
-    return "".join(parts)
+              f'text-anchor="end">#{_esc(pts[-1].run_id)}</text>', "</svg>"]
+    return Markup("".join(parts))  # every value in it went through _esc or is a number
 
 
 def _dot(cx: float, cy: float, p: TrendPoint, current_id: int | None, verdict: str) -> str:
     if p.run_id == current_id:
         color = COLORS.get(verdict, COLORS["ok"])
         return (f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="4" fill="{color}" stroke="#000" '
-                f'stroke-width="0.8"><title>this run #{p.run_id}</title></circle>')
+                f'stroke-width="0.8"><title>this run #{_esc(p.run_id)}</title></circle>')
     fill = "#fff" if p.failed else COLORS["history"]
     return (f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="2.2" fill="{fill}" '
             f'stroke="{COLORS["history"]}" stroke-width="0.8"/>')

@@ -8,7 +8,6 @@ fingerprint. Every text goes through the one redaction before it reaches a page.
 
 from __future__ import annotations
 
-import html
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from llorch_harness.perf.figures import SPECS, format_value
 from llorch_harness.perf.plots import TrendPoint, trend_svg
 from llorch_harness.perf.store import ResultsStore, StoredRun
 from llorch_harness.redaction import redact
+from llorch_harness.safetext import Markup, html, join
 
 TREND_RUNS = 30
 PLOTTED = ("load_s", "ttft_s", "itl_p50_s", "itl_p95_s", "s_per_token", "tokens_per_sec",
@@ -43,10 +43,6 @@ class Panel:
     current: StoredRun
     trend: list[StoredRun]
     source: str | None = None  # where it came from (a store or an export), for merged pages
-
-
-def _e(text: object) -> str:
-    return html.escape(redact(str(text)))
 
 
 def comparisons(run: StoredRun) -> dict[str, Comparison]:
@@ -77,30 +73,30 @@ def latest_panels(runs: Iterable[StoredRun], trend_runs: int = TREND_RUNS,
     return [Panel(rs[-1], rs[-trend_runs:], source) for _, rs in sorted(groups.items())]
 
 
-def _value_cell(run: StoredRun, name: str) -> str:
+def _value_cell(run: StoredRun, name: str) -> Markup:
     fig = run.figures.get(name)
     if fig is None or fig.value is None:
         note = fig.note if fig else "not measured"
-        return f'<td title="{_e(note)}"><i>unavailable</i><br><small>{_e(note)}</small></td>'
+        return html('<td title="{0}"><i>unavailable</i><br><small>{0}</small></td>', note)
     spread = f" ± {format_value(name, fig.spread)}" if fig.spread is not None else ""
     extra = f" ({fig.note})" if fig.note else ""
-    return f"<td>{_e(format_value(name, fig.value))}{_e(spread)}<br><small>n={fig.n}" \
-           f"{_e(extra)}</small></td>"
+    return html("<td>{}{}<br><small>n={}{}</small></td>", format_value(name, fig.value), spread,
+                fig.n, extra)
 
 
-def _row(panel: Panel, name: str, comp: Comparison | None) -> str:
+def _row(panel: Panel, name: str, comp: Comparison | None) -> Markup:
     run = panel.current
     label, color = _VERDICT_STYLE.get(comp.verdict if comp else "not judged", ("", "#57606a"))
     if comp is not None and comp.baseline is not None:
         base = f"{format_value(name, comp.baseline)} ± {format_value(name, comp.band)}"
         runs = ", ".join(f"#{r}" for r in comp.runs)
-        base_cell = f"<td>{_e(base)}<br><small>runs {_e(runs)}</small></td>"
+        base_cell = html("<td>{}<br><small>runs {}</small></td>", base, runs)
         change = f"{comp.change:+.0%}" if comp.change is not None else ""
     else:
         shown = comp.note if comp and comp.note and comp.verdict != "unavailable" else ""
-        base_cell = f"<td><small>{_e(shown)}</small></td>"
+        base_cell = html("<td><small>{}</small></td>", shown)
         change = ""
-    plot = ""
+    plot: str | Markup = ""
     if name in PLOTTED and not (comp and comp.verdict == "unavailable"):
         pts = [TrendPoint(r.id, r.figures[name].value if name in r.figures else None,
                           r.status == "fail") for r in panel.trend]
@@ -108,48 +104,48 @@ def _row(panel: Panel, name: str, comp: Comparison | None) -> str:
                          baseline=comp.baseline if comp else None,
                          band=comp.band if comp else None,
                          verdict=comp.verdict if comp else "ok")
-    return (f"<tr><td>{_e(SPECS[name].label if name in SPECS else name)}</td>"
-            f"{_value_cell(run, name)}{base_cell}<td>{_e(change)}</td>"
-            f'<td style="color:{color};font-weight:bold">{_e(label)}</td><td>{plot}</td></tr>')
+    return html('<tr><td>{}</td>{}{}<td>{}</td><td style="color:{};font-weight:bold">{}</td>'
+                "<td>{}</td></tr>", SPECS[name].label if name in SPECS else name,
+                _value_cell(run, name), base_cell, change, color, label, plot)
 
 
-def panel_html(panel: Panel) -> str:
+def panel_html(panel: Panel) -> Markup:
     run = panel.current
     status, color = _STATUS_STYLE.get(run.status, (run.status.upper(), "#57606a"))
     comps = comparisons(run)
     msg = (run.check or {}).get("message") or ""
     src = f" — from {panel.source}" if panel.source else ""
-    head = (f"<h4>{_e(run.model)} on {_e(run.backend)}, pool {_e(run.pool)} — run #{run.id} "
-            f"{_e(run.recorded_at)}{_e(src)} — "
-            f'<span style="color:{color}">{_e(status)}</span>'
-            + (" <i>(accepted as a new baseline)</i>" if run.accepted else "") + "</h4>")
+    accepted = Markup(" <i>(accepted as a new baseline)</i>") if run.accepted else ""
+    head = html('<h4>{} on {}, pool {} — run #{} {}{} — <span style="color:{}">{}</span>{}</h4>',
+                run.model, run.backend, run.pool, run.id, run.recorded_at, src, color, status,
+                accepted)
     fp = run.fingerprint
     facts = (f"worker binary {str(run.binary_sha256 or '?')[:16]}, device {fp.get('device')}, "
              f"driver {fp.get('driver')}, {fp.get('os')}, harness {fp.get('harness_version')}, "
              f"{fp.get('protocol')}")
     rows = [_row(panel, name, comps.get(name)) for name in SPECS if name in run.figures]
-    return "\n".join([
-        f'<div class="llorch-perf-panel" data-baseline-key="{_e(run.baseline_key)}">', head,
-        f'<p class="msg">{_e(msg)}</p>', f'<p class="msg"><small>{_e(facts)}</small></p>',
-        "<table><tr><th>figure</th><th>this run (median ± MAD)</th><th>baseline ± band</th>"
-        "<th>change</th><th>verdict</th><th>trend (this run marked, band shaded)</th></tr>",
-        *rows, "</table></div>"])
+    return html('<div class="llorch-perf-panel" data-baseline-key="{}">\n{}\n'
+                '<p class="msg">{}</p>\n<p class="msg"><small>{}</small></p>\n'
+                "<table><tr><th>figure</th><th>this run (median ± MAD)</th>"
+                "<th>baseline ± band</th><th>change</th><th>verdict</th>"
+                "<th>trend (this run marked, band shaded)</th></tr>\n{}</table></div>",
+                run.baseline_key, head, msg, facts, join("\n", rows))
 
 
 def section_html(panels: Sequence[Panel], title: str = "Performance") -> str:
     """A `<div>` for a report: every panel, or a line saying there is nothing."""
-    body = [panel_html(p) for p in panels] or [
-        "<p>no performance records for this run (the item was skipped or not selected)</p>"]
-    return "\n".join([f'<div id="llorch-perf" class="llorch-perf"><style>{CSS}</style>',
-                      f"<h2>{_e(title)}</h2>", *body, "</div>"])
+    body = [panel_html(p) for p in panels] or [Markup(
+        "<p>no performance records for this run (the item was skipped or not selected)</p>")]
+    return str(html('<div id="llorch-perf" class="llorch-perf"><style>{}</style>\n'
+                    "<h2>{}</h2>\n{}</div>", Markup(CSS), title, join("\n", body)))
 
 
 def page_html(panels: Sequence[Panel], title: str, intro: str = "") -> str:
     """A whole self-contained page (history --html)."""
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title></head><body style=\"font-family:sans-serif\">"
-            f"<h1>{_e(title)}</h1><p>{_e(intro)}</p>{section_html(panels, 'Figures over runs')}"
-            "</body></html>\n")
+    return str(html('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{0}</title>'
+                    '</head><body style="font-family:sans-serif"><h1>{0}</h1><p>{1}</p>{2}'
+                    "</body></html>\n", title, intro,
+                    Markup(section_html(panels, "Figures over runs"))))
 
 
 # --------------------------------------------------------------------------- text

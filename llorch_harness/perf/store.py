@@ -22,6 +22,7 @@ from typing import Any
 
 from llorch_harness.errors import HarnessError
 from llorch_harness.fsutil import refuse_non_regular_target
+from llorch_harness.perf import checked
 from llorch_harness.perf.figures import Figure
 
 BUSY_TIMEOUT_S = 30.0
@@ -106,18 +107,24 @@ class StoredRun:
         }
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> StoredRun:
-        """A record from an export (`llorch-harness history --export`); KeyError/TypeError/
-        ValueError on a malformed one (the caller names the file)."""
+    def from_json(cls, raw: Any, where: str = "run") -> StoredRun:
+        """A record from an export (`llorch-harness history --export`) or a gate JSON's
+        `performance`, every field type-checked; checked.BadRecord naming the field (the
+        caller names the file)."""
+        raw = checked.obj(raw, where)
+        figs_raw = raw.get("figures") or []
+        if not isinstance(figs_raw, list):
+            raise checked.BadRecord(f"{where}.figures must be a list")
         figs = {}
-        for f in raw.get("figures") or []:
-            fig = Figure.from_json(f)
+        for i, f in enumerate(figs_raw):
+            fig = Figure(**checked.figure(checked.obj(f, f"{where}.figures[{i}]"),
+                                          f"{where}.figures[{i}]"))
             figs[fig.name] = fig
-        return cls(int(raw["id"]), str(raw["run_key"]), str(raw["recorded_at"]),
-                   str(raw["pool"]), str(raw["model"]), str(raw["backend"]),
-                   str(raw["baseline_key"]), raw.get("binary_sha256"),
-                   dict(raw.get("fingerprint") or {}), str(raw["status"]),
-                   raw.get("gate_verdict"), raw.get("check"), figs, bool(raw.get("accepted")))
+        fp = raw.get("fingerprint") or {}
+        return cls(**checked.run_fields(raw, where),
+                   fingerprint=checked.obj(fp, f"{where}.fingerprint"),
+                   check=checked.check(raw.get("check"), f"{where}.check"), figures=figs,
+                   accepted=bool(raw.get("accepted")))
 
 
 @dataclass(frozen=True)
@@ -266,7 +273,7 @@ class ResultsStore:
         if ids is not None:
             where.append(f"id IN ({','.join('?' * len(ids))})")
             args.extend(ids)
-        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = _SELECT_RUNS + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY id DESC" + (" LIMIT ?" if last else "")
         if last:
             args.append(last)
@@ -280,7 +287,7 @@ class ResultsStore:
         pass/recorded and a finished gate run that did not fail, or accepted; none older
         than the newest accepted record."""
         sql = (
-            "SELECT * FROM runs WHERE baseline_key = :key AND run_key != :exclude "
+            f"{_SELECT_RUNS} WHERE baseline_key = :key AND run_key != :exclude "
             "AND id >= COALESCE((SELECT MAX(run_id) FROM accepts WHERE baseline_key = :key), 0) "
             f"AND ((status IN ({_list(PASSING)}) AND gate_verdict IN ({_list(GOOD_VERDICTS)})) "
             "OR id IN (SELECT run_id FROM accepts WHERE baseline_key = :key)) "
@@ -291,18 +298,28 @@ class ResultsStore:
             return self._load(rows)
 
     def _load(self, rows: list[tuple[Any, ...]]) -> list[StoredRun]:
+        """Rows (RUN_COLUMNS, in order) as records, every value type-checked here: a
+        tampered store is one line naming the row and the field (exit 2)."""
         if not rows:
             return []
-        ids = [r[0] for r in rows]
-        marks = ",".join("?" * len(ids))
-        figs: dict[int, dict[str, Figure]] = {i: {} for i in ids}
-        for run_id, name, value, spread, n, _unit, note in self.conn.execute(
-                f"SELECT run_id, name, value, spread, n, unit, note FROM figures "
-                f"WHERE run_id IN ({marks})", ids):
-            figs[run_id][name] = Figure(name, value, spread, n, note)
-        accepted = {r[0] for r in self.conn.execute(
-            f"SELECT run_id FROM accepts WHERE run_id IN ({marks})", ids)}
-        return [_stored(r, figs[r[0]], r[0] in accepted) for r in rows]
+        try:
+            ids = [checked.integer(r[0], "runs.id") for r in rows]
+            marks = ",".join("?" * len(ids))
+            figs: dict[int, dict[str, Figure]] = {i: {} for i in ids}
+            for run_id, name, value, spread, n, _unit, note in self.conn.execute(
+                    f"SELECT run_id, name, value, spread, n, unit, note FROM figures "
+                    f"WHERE run_id IN ({marks})", ids):
+                fig = checked.figure({"name": name, "value": value, "spread": spread, "n": n,
+                                      "note": note}, f"figures of run {run_id}")
+                figs[run_id][fig["name"]] = Figure(**fig)
+            accepted = {r[0] for r in self.conn.execute(
+                f"SELECT run_id FROM accepts WHERE run_id IN ({marks})", ids)}
+            return [_stored(dict(zip(RUN_COLUMNS, r, strict=True)), figs[r[0]],
+                            r[0] in accepted) for r in rows]
+        except checked.BadRecord as exc:
+            raise HarnessError(f"results store {self.path}: {exc}",
+                               "the store was changed by hand or by another program; move "
+                               "it away or " + HINT, 2) from None
 
     def integrity(self) -> str:
         """`PRAGMA integrity_check`: "ok" for a sound file."""
@@ -314,20 +331,22 @@ def _list(values: Sequence[str]) -> str:
     return ",".join(f"'{v}'" for v in values)  # constants of this module, never user input
 
 
-def _stored(row: tuple[Any, ...], figures: dict[str, Figure], accepted: bool) -> StoredRun:
-    (rid, run_key, recorded_at, pool, model, backend, baseline_key, binary, fingerprint,
-     status, verdict, check) = row
-    return StoredRun(rid, run_key, recorded_at, pool, model, backend, baseline_key, binary,
-                     _json(fingerprint) or {}, status, verdict, _json(check), figures, accepted)
+# The columns of `runs` a record is read from, by name (a column added by a migration is
+# read only once it is named here; `SELECT *` would shift every field after it).
+RUN_COLUMNS = ("id", "run_key", "recorded_at", "pool", "model", "backend", "baseline_key",
+               "binary_sha256", "fingerprint", "status", "gate_verdict", "check_json")
+_SELECT_RUNS = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
 
 
-def _json(text: str | None) -> Any:
-    if not text:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
+def _stored(row: Mapping[str, Any], figures: dict[str, Figure], accepted: bool) -> StoredRun:
+    where = f"runs row id {row['id']}"
+    return StoredRun(
+        **checked.run_fields(row, where),
+        fingerprint=checked.json_obj(row["fingerprint"], f"{where}.fingerprint",
+                                     optional=False) or {},
+        check=checked.check(checked.json_obj(row["check_json"], f"{where}.check_json",
+                                             optional=True), f"{where}.check_json"),
+        figures=figures, accepted=accepted)
 
 
 @contextlib.contextmanager

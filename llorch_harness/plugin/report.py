@@ -9,7 +9,6 @@ report with `-n 2`. Only keys named here ever get in, on every process.
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
@@ -20,6 +19,8 @@ import pytest
 from llorch_harness.gate.checklist import CHECKPOINT
 from llorch_harness.gate.modelsupport import fmt_bytes
 from llorch_harness.redaction import is_secret_name, redact, secret_values
+from llorch_harness.safetext import Markup, html, join, term_text
+from llorch_harness.safetext import text as html_text
 
 ALLOWED_METADATA = ("Python", "Platform", "Packages", "Plugins")
 HARNESS_PREFIX = "llorch "
@@ -68,16 +69,26 @@ def filter_metadata(metadata: MutableMapping[str, Any], lab: Mapping[str, Any] |
         metadata.update(harness_metadata(lab))
 
 
-def _esc(text: object) -> str:
-    return html.escape(redact(str(text)))
+def escape_environment(metadata: MutableMapping[str, Any]) -> None:
+    """Every value of the environment table as HTML text, in place, once per session just
+    before pytest-html writes the page (its app.js puts values in with `innerHTML`: a
+    binary's path holding `<img onerror=...>` would run). Dict keys and list items too."""
+    for key in list(metadata):
+        metadata[key] = _env_value(metadata[key], 0)
+
+
+def _env_value(value: Any, depth: int) -> Any:
+    if isinstance(value, Mapping) and depth < 2:
+        return {str(html_text(k)): str(_env_value(v, depth + 1)) for k, v in value.items()}
+    if isinstance(value, list | tuple) and depth < 2:
+        return [str(_env_value(v, depth + 1)) for v in value]
+    return str(html_text(value))
 
 
 def banner_html(banner: str, lab: str) -> str:
     color = "#cf222e" if lab == "embedded" else "#0969da"
-    return (
-        f'<p id="llorch-lab-banner" style="font-size:1.4em;font-weight:bold;color:{color};'
-        f'border:3px solid {color};padding:8px">{_esc(banner)}</p>'
-    )
+    return html('<p id="llorch-lab-banner" style="font-size:1.4em;font-weight:bold;'
+                'color:{0};border:3px solid {0};padding:8px">{1}</p>', color, banner)
 
 
 def unchecked_note(rollup: list[dict[str, Any]]) -> str:
@@ -93,39 +104,41 @@ def unchecked_note(rollup: list[dict[str, Any]]) -> str:
 def checklist_html(rollup: list[dict[str, Any]], verdict: str) -> str:
     """The CP3 checklist, seed order, with status, backends and skip/fail reasons."""
     label, color = _STATUS_STYLE.get(verdict, (verdict.upper(), "#57606a"))
-    parts = [
-        '<div id="llorch-cp3-checklist">',
-        f"<h2>{CHECKPOINT} gate checklist — verdict: "
-        f'<span style="color:{color}">{_esc(label)}</span></h2>',
-    ]
+    parts = [Markup('<div id="llorch-cp3-checklist">'),
+             html('<h2>{} gate checklist — verdict: <span style="color:{}">{}</span></h2>',
+                  CHECKPOINT, color, label)]
     note = unchecked_note(rollup)
     if note:
-        parts.append(f'<p class="llorch-unchecked">{_esc("not checked" + note)}</p>')
+        parts.append(html('<p class="llorch-unchecked">{}</p>', "not checked" + note))
     several = any(len(row.get("models") or {}) > 1 for row in rollup)
     section = None
     for row in rollup:
         if row["section"] != section:
             if section is not None:
-                parts.append("</table>")
+                parts.append(Markup("</table>"))
             section = row["section"]
-            parts.append(f"<h3>{_esc(section)}</h3>")
-            parts.append('<table class="llorch-gate" border="1" cellpadding="4">'
-                         "<tr><th>status</th><th>item</th><th>per backend</th>"
-                         + ("<th>per model</th>" if several else "") + "<th>reason</th></tr>")
-        slabel, scolor = _STATUS_STYLE.get(row["status"], (row["status"], "#57606a"))
-        item = _esc(row["item"]) + ("" if row["seed"] else " <i>(extra: not a seed item)</i>")
-        per = ", ".join(f"{_esc(b)}: {_esc(s)}" for b, s in sorted(row["backends"].items()))
-        reasons = "<br>".join(_esc(r) for r in row["reasons"])
-        models = (f"<td>{_esc(per_model(row))}</td>" if several else "")
-        parts.append(
-            f'<tr class="llorch-item llorch-{row["status"].replace(" ", "-")}">'
-            f'<td style="color:{scolor};font-weight:bold">{slabel}</td>'
-            f"<td>{item}</td><td>{per}</td>{models}<td>{reasons}</td></tr>"
-        )
+            parts.append(html("<h3>{}</h3>", section))
+            parts.append(html('<table class="llorch-gate" border="1" cellpadding="4">'
+                              "<tr><th>status</th><th>item</th><th>per backend</th>{}"
+                              "<th>reason</th></tr>",
+                              Markup("<th>per model</th>") if several else ""))
+        parts.append(_checklist_row(row, several))
     if section is not None:
-        parts.append("</table>")
-    parts.append("</div>")
-    return "\n".join(parts)
+        parts.append(Markup("</table>"))
+    parts.append(Markup("</div>"))
+    return str(join("\n", parts))
+
+
+def _checklist_row(row: Mapping[str, Any], several: bool) -> Markup:
+    slabel, scolor = _STATUS_STYLE.get(row["status"], (row["status"], "#57606a"))
+    extra = "" if row["seed"] else Markup(" <i>(extra: not a seed item)</i>")
+    per = ", ".join(f"{b}: {s}" for b, s in sorted(row["backends"].items()))
+    reasons = join("<br>", row["reasons"])
+    models = html("<td>{}</td>", per_model(row)) if several else ""
+    return html('<tr class="llorch-item llorch-{}"><td style="color:{};font-weight:bold">{}'
+                "</td><td>{}{}</td><td>{}</td>{}<td>{}</td></tr>",
+                str(row["status"]).replace(" ", "-"), scolor, slabel, row["item"], extra, per,
+                models, reasons)
 
 
 def per_model(row: Mapping[str, Any]) -> str:
@@ -151,8 +164,8 @@ def model_run_lines(runs: list[dict[str, Any]]) -> list[str]:
                    f"{r.get('worker_lives') or 0} worker lives")
         failed = f"  [failed: {', '.join(r['failed_items'])}]" if r.get("failed_items") else ""
         why = f"  [{r['reason']}]" if r.get("reason") and not failed else ""
-        out.append(redact(f"  {label:<7} {r['model']} on {r['backend']}: "
-                          f"{'; '.join(figures)}{failed}{why}"))
+        out.append(term_text(redact(f"  {label:<7} {r['model']} on {r['backend']}: "
+                                    f"{'; '.join(figures)}{failed}{why}")))
     return out
 
 
@@ -168,17 +181,20 @@ def model_runs_html(runs: list[dict[str, Any]]) -> str:
                  f"{r['tokens_per_sec']:g}" if r.get("tokens_per_sec") else "—",
                  str(r.get("worker_lives") or 0),
                  ", ".join(r.get("failed_items") or []) or (r.get("reason") or ""))
-        rows.append(f'<tr><td style="color:{color};font-weight:bold">{_esc(label)}</td>'
-                    + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in (
+        rows.append(html('<tr><td style="color:{};font-weight:bold">{}</td>{}</tr>', color,
+                         label, join("", (html("<td>{}</td>", c) for c in cells))))
+    head = join("", (html("<th>{}</th>", h) for h in (
         "status", "model", "architecture", "size on disk", "backend", "startup", "memory at ready",
-        "tokens/s", "worker lives", "failed items / reason"))
-    return ('<div id="llorch-model-runs"><h2>Models on this pool (CP4)</h2>'
-            f'<table class="llorch-gate" border="1" cellpadding="4"><tr>{head}</tr>'
-            + "\n".join(rows) + "</table></div>")
+        "tokens/s", "worker lives", "failed items / reason")))
+    return str(html('<div id="llorch-model-runs"><h2>Models on this pool (CP4)</h2>'
+                    '<table class="llorch-gate" border="1" cellpadding="4"><tr>{}</tr>{}'
+                    "</table></div>", head, join("\n", rows)))
 
 
-def terminal_checklist(rollup: list[dict[str, Any]], verdict: str) -> list[str]:
+def terminal_checklist(rollup: list[dict[str, Any]], verdict: str,
+                       verdict_line: str | None = None) -> list[str]:
+    """The checklist by section, then the verdict line (`verdict_line` names the class:
+    `FAIL (worker: 2 items)`, `INCOMPLETE (lab: hub unreachable)`)."""
     lines = []
     section = None
     for row in rollup:
@@ -188,11 +204,57 @@ def terminal_checklist(rollup: list[dict[str, Any]], verdict: str) -> list[str]:
         label = _STATUS_STYLE.get(row["status"], (row["status"],))[0]
         extra = "" if row["seed"] else " (extra)"
         why = f"  [{row['reasons'][0]}]" if row["reasons"] and row["status"] != "pass" else ""
-        lines.append(redact(f"  {label:<7} {row['item']}{extra}{why}"))
+        lines.append(term_text(redact(f"  {label:<7} {row['item']}{extra}{why}")))
         if len(row.get("models") or {}) > 1:
-            lines.append(redact(f"          per model: {per_model(row)}"))
-    lines.append(redact(f"{CHECKPOINT} gate verdict: {verdict.upper()}{unchecked_note(rollup)}"))
+            lines.append(term_text(redact(f"          per model: {per_model(row)}")))
+    line = verdict_line or f"{verdict.upper()}{unchecked_note(rollup)}"
+    lines.append(term_text(redact(f"{CHECKPOINT} gate verdict: {line}")))
     return lines
+
+
+LAB_TITLE = "Could not check: lab failures (not the worker's fault)"
+
+
+def lab_lines(failures: list[dict[str, Any]], retries: list[dict[str, Any]]) -> list[str]:
+    """The terminal's lab section: each item the lab kept from being checked, and each
+    retry of a transient cause (also those that then succeeded)."""
+    lines = []
+    if failures:
+        lines.append(f"{LAB_TITLE}:")
+        lines += [term_text(redact(
+            f"  lab: {f['cause']}{' (retried once)' if f.get('retried') else ''}  "
+            f"{f['item']} [{f.get('backend') or 'pool'}]: {f.get('detail')}")) for f in failures]
+    if retries:
+        lines.append("Retried once (transient lab causes):")
+        lines += [term_text(redact(f"  {r.get('what')}: {r.get('cause')} ({r.get('detail')}); "
+                                   f"{r.get('outcome')}  [{r.get('nodeid')}]")) for r in retries]
+    return lines
+
+
+def lab_html(failures: list[dict[str, Any]], retries: list[dict[str, Any]]) -> str:
+    """The same for the HTML summary (empty when the lab never failed nor was retried)."""
+    if not failures and not retries:
+        return ""
+    parts = [Markup('<div id="llorch-lab-failures">')]
+    if failures:
+        parts.append(html('<h2>{}</h2><table class="llorch-gate" border="1" cellpadding="4">'
+                          "<tr><th>status</th><th>lab cause</th><th>item</th><th>backend</th>"
+                          "<th>evidence</th></tr>", LAB_TITLE))
+        parts += [html('<tr class="llorch-lab"><td style="color:#bc4c00;font-weight:bold">'
+                       "COULD NOT CHECK</td><td>lab: {}{}</td><td>{}</td><td>{}</td>"
+                       "<td>{}</td></tr>", f["cause"],
+                       " (retried once)" if f.get("retried") else "", f["item"],
+                       f.get("backend") or "pool", f.get("detail") or "") for f in failures]
+        parts.append(Markup("</table>"))
+    if retries:
+        parts.append(Markup('<h3>Retried once (transient lab causes)</h3>'
+                            '<ul class="llorch-retries">'))
+        parts += [html("<li>{}: {} ({}); {} <code>{}</code></li>", r.get("what"),
+                       r.get("cause"), r.get("detail"), r.get("outcome"), r.get("nodeid"))
+                  for r in retries]
+        parts.append(Markup("</ul>"))
+    parts.append(Markup("</div>"))
+    return str(join("\n", parts))
 
 
 # --------------------------------------------------------------------------- extras

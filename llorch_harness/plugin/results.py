@@ -3,6 +3,7 @@ summary. Registered per config by session.activate (nested pytester runs keep th
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -133,13 +134,22 @@ class GateResults:
         terminalreporter.section("CP3 gate checklist")
         terminalreporter.write_line(self.decision.banner())
         for line in rpt.terminal_checklist(self.collector.item_rollup(),
-                                           self.collector.verdict()):
+                                           self.collector.verdict(),
+                                           self.collector.verdict_line()):
+            terminalreporter.write_line(line)
+        for line in rpt.lab_lines(*self._lab()):  # the lab's failures: a section of their own
             terminalreporter.write_line(line)
         runs = self.collector.model_runs(lab_dict(self.config))
         if len(self.decision.gate_models) > 1 and runs:
             terminalreporter.write_line(f"Models on this pool (CP4, {len(runs)} runs):")
             for line in rpt.model_run_lines(runs):
                 terminalreporter.write_line(line)
+
+    def _lab(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        from llorch_harness.gate import labcause
+
+        results = self.collector.results.values()
+        return labcause.lab_failures(results), labcause.retries(results)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_report_title(self, report: Any) -> None:
@@ -148,9 +158,16 @@ class GateResults:
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str],
                                     postfix: list[str], session: pytest.Session) -> None:
+        with contextlib.suppress(ImportError, KeyError):  # once, after the workers' merge
+            from pytest_metadata.plugin import metadata_key
+
+            rpt.escape_environment(session.config.stash[metadata_key])
         prefix.append(rpt.banner_html(self.decision.banner(), self.decision.lab))
         collector = self.collector
         prefix.append(rpt.checklist_html(collector.item_rollup(), collector.verdict()))
+        lab = rpt.lab_html(*self._lab())
+        if lab:
+            prefix.append(lab)
         runs = collector.model_runs(lab_dict(self.config))
         if runs:
             prefix.append(rpt.model_runs_html(runs))
