@@ -199,8 +199,10 @@ def test_lease_dir_is_shared_and_never_a_symlink(tmp_path: Path) -> None:
 
 def test_garbage_records_are_ignored(tmp_path: Path) -> None:
     (tmp_path / "metal-0@1.json").write_text("{not json")
-    (tmp_path / "metal-0@2.json").write_text(json.dumps({"acquired_at": 5, "pid": 9}))
-    assert leases.read_holder(tmp_path, "metal-0") == {"acquired_at": 5, "pid": 9}
+    me = str(os.getuid())  # a record counts only when its file's owner is the user it names
+    good = {"acquired_at": 5, "pid": 9, "user": me}
+    (tmp_path / f"metal-0@{me}.json").write_text(json.dumps(good))
+    assert leases.read_holder(tmp_path, "metal-0") == good
     assert "pid 9" in leases.describe_holder(leases.read_holder(tmp_path, "metal-0"))
     assert "unknown" in leases.describe_holder(None)
 

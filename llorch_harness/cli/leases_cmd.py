@@ -11,6 +11,7 @@ import argparse
 import json
 
 from llorch_harness.pool import leases
+from llorch_harness.safetext import term_text
 
 
 def cmd_leases(args: argparse.Namespace) -> int:
@@ -20,11 +21,11 @@ def cmd_leases(args: argparse.Namespace) -> int:
         print(json.dumps({"lease_dir": str(lease_dir),
                           "leases": [s.to_json() for s in states]}, indent=2))
         return 0
-    print(f"Device leases in {lease_dir}:")
+    print(f"Device leases in {term_text(lease_dir)}:")
     if not states:
         print("   (no device is held)" if not args.all else "   (no device was ever leased)")
-    for s in states:
-        device = (s.holder or {}).get("device") or s.key
+    for s in states:  # names and records come from a shared directory: shown escaped
+        device = term_text((s.holder or {}).get("device") or s.key)
         if s.held:
             print(f"   🔒 {device}: {leases.describe_holder(s.holder)}")
         else:

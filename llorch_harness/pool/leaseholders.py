@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import pwd
 import secrets
 import socket
 import time
@@ -23,8 +25,9 @@ from typing import Any
 import psutil
 
 from llorch_harness.errors import HarnessError
-from llorch_harness.fsutil import atomic_write_bytes, loads_json_strict, read_regular_text
+from llorch_harness.fsutil import atomic_write_bytes, loads_json_strict, open_regular
 from llorch_harness.redaction import redact
+from llorch_harness.safetext import term_text
 
 _CI_VARS = ("GITHUB_RUN_ID", "CI_JOB_ID", "BUILDKITE_JOB_ID", "BUILD_TAG", "CIRCLE_WORKFLOW_JOB_ID")
 
@@ -84,22 +87,78 @@ def record_path(lease_dir: Path, key: str) -> Path:
     return lease_dir / f"{key}@{os.getuid()}.json"
 
 
-def read_holder(lease_dir: Path, key: str) -> dict[str, Any] | None:
-    """The newest holder record of a device (None when there is none readable)."""
+MAX_RECORD_BYTES = 16 * 1024  # a holder record is a dozen short fields
+FUTURE_SKEW_S = 300.0  # an `acquired_at` later than now by more is a planted or broken record
+_TEXT_FIELDS = ("run", "device", "backend", "uuid", "host", "user", "pool_root", "ci_job",
+                "acquired", "worker_id")
+_INT_FIELDS = ("index", "pid", "worker_pid")
+
+
+def read_holder(lease_dir: Path, key: str, now: float | None = None) -> dict[str, Any] | None:
+    """The newest holder record of a device (None when there is none that counts).
+
+    Why so strict: the directory is shared by every user of the host. A record counts only
+    if it is a regular file of at most MAX_RECORD_BYTES, holds a JSON object of the right
+    types, is owned by the user it names (and whose uid its name carries), and says it was
+    acquired at a finite time not in the future; anything else is skipped like a malformed
+    record, so a planted file can neither exhaust memory nor claim to be the newest."""
+    now = time.time() if now is None else now
     newest: dict[str, Any] | None = None
     for path in lease_dir.glob(f"{key}@*.json"):
-        try:
-            rec = loads_json_strict(read_regular_text(path, "lease record"))
-        except (OSError, ValueError, HarnessError):
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("acquired_at"), int | float) and (
-                newest is None or rec["acquired_at"] > newest["acquired_at"]):
+        rec = _read_record(path, now)
+        if rec is not None and (newest is None or rec["acquired_at"] > newest["acquired_at"]):
             newest = rec
     return newest
 
 
+def _read_record(path: Path, now: float) -> dict[str, Any] | None:
+    try:
+        with open_regular(path, "lease record") as fh:
+            owner = os.fstat(fh.fileno()).st_uid
+            data = fh.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            return None
+        rec = loads_json_strict(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError, HarnessError):
+        return None  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    if not isinstance(rec, dict) or not _typed(rec):
+        return None
+    at = rec["acquired_at"]
+    if not (math.isfinite(at) and 0 < at <= now + FUTURE_SKEW_S):
+        return None
+    if path.stem.rpartition("@")[2] != str(owner) or not _names_owner(rec.get("user"), owner):
+        return None
+    return rec
+
+
+def _typed(rec: Mapping[str, Any]) -> bool:
+    """The fields people read have the types the harness writes."""
+    at = rec.get("acquired_at")
+    if isinstance(at, bool) or not isinstance(at, int | float):
+        return False
+    if any(rec.get(k) is not None and not isinstance(rec[k], str) for k in _TEXT_FIELDS):
+        return False
+    return not any(rec.get(k) is not None and (isinstance(rec[k], bool)
+                                                or not isinstance(rec[k], int))
+                   for k in _INT_FIELDS)
+
+
+def _names_owner(user: Any, uid: int) -> bool:
+    """Does the record's `user` name the file's owner (by name, or by uid where the
+    holder had no name: see _user)?"""
+    if not isinstance(user, str):
+        return False
+    if user == str(uid):
+        return True
+    try:
+        return pwd.getpwuid(uid).pw_name == user
+    except KeyError:
+        return False
+
+
 def describe_holder(rec: Mapping[str, Any] | None) -> str:
-    """One line naming who holds a device."""
+    """One line naming who holds a device, safe for a terminal: every value from the record
+    has its control characters shown escaped (safetext.term_text)."""
     if not rec:
         return "held by an unknown process (no holder record)"
     bits = [f"pid {rec.get('pid')} on {rec.get('host')}"]
@@ -112,7 +171,7 @@ def describe_holder(rec: Mapping[str, Any] | None) -> str:
     if rec.get("ci_job"):
         bits.append(f"CI {rec['ci_job']}")
     bits.append(f"since {rec.get('acquired', '?')}")
-    return "held by " + ", ".join(bits)
+    return term_text("held by " + ", ".join(bits))
 
 
 def write_record(lease_dir: Path, key: str, record: Mapping[str, Any]) -> None:
