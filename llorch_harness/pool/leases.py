@@ -27,6 +27,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shlex
 import stat
 import threading
 import time
@@ -51,7 +52,8 @@ LEASE_WAIT_ENV = "LLORCH_LEASE_WAIT"
 DEFAULT_LEASE_DIR = "/tmp/llorch-harness-leases"
 DEFAULT_LEASE_WAIT_S = 60.0
 __all__ = ["DEFAULT_LEASE_DIR", "DEFAULT_LEASE_WAIT_S", "DeviceKey", "Lease", "LeaseState",
-           "acquire", "ci_job", "describe_holder", "device_key", "ensure_lease_dir", "is_held",
+           "acquire", "check_lease_dir", "ci_job", "describe_holder", "device_key",
+           "ensure_lease_dir", "is_held",
            "lease_for_spawn", "list_leases", "needs_lease", "read_holder", "resolve_lease_dir",
            "resolve_lease_wait"]
 LEASED_BACKENDS = ("cuda", "metal")  # the CPU is shared by design; GPUs are not
@@ -148,11 +150,33 @@ def ensure_lease_dir(lease_dir: Path) -> Path:
     except OSError as exc:
         raise HarnessError(f"cannot create lease directory {lease_dir}: {exc.strerror or exc}",
                            f"pass --lease-dir DIR (or set ${LEASE_DIR_ENV})") from exc
+    check_lease_dir(lease_dir)
+    return lease_dir
+
+
+def check_lease_dir(lease_dir: Path) -> None:
+    """Refuse a lease directory the locks cannot be trusted in: a symbolic link or not a
+    directory, one others may write without the sticky bit (any of them could unlink a
+    held lock, and two runs would then share a GPU; a private one of yours is fine), or one
+    owned by another user than root or this one (its owner can do the same). One line with
+    the fix, exit 2."""
     st = os.lstat(lease_dir)
+    other = f"or pass --lease-dir DIR (${LEASE_DIR_ENV})"
     if not stat.S_ISDIR(st.st_mode):
         raise HarnessError(f"lease directory {lease_dir} is not a directory",
-                           f"remove it or pass --lease-dir DIR (${LEASE_DIR_ENV})")
-    return lease_dir
+                           f"remove it {other}", exit_code=2)
+    if st.st_uid not in (0, os.getuid()):
+        raise HarnessError(
+            f"lease directory {lease_dir} is owned by uid {st.st_uid}, neither root nor you: "
+            "its owner could remove a held lease", f"have root recreate it with "
+            f"`install -d -m 1777 {shlex.quote(str(lease_dir))}`, {other}", exit_code=2)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        fix = (f"`chmod 1777 {shlex.quote(str(lease_dir))}`" if st.st_uid == os.getuid()
+               else f"have root run `chmod 1777 {shlex.quote(str(lease_dir))}`")
+        raise HarnessError(
+            f"lease directory {lease_dir} is not sticky (mode {stat.S_IMODE(st.st_mode):o}): "
+            "any user who can write it could remove a held lease", f"{fix}, {other}",
+            exit_code=2)
 
 
 def _open_lock(path: Path) -> int:
@@ -348,6 +372,7 @@ def list_leases(lease_dir: Path, *, include_free: bool = False) -> list[LeaseSta
     """Every device with a lock file: held or not, and its newest holder record."""
     if not lease_dir.is_dir():
         return []
+    check_lease_dir(lease_dir)
     out: list[LeaseState] = []
     for lock in sorted(lease_dir.glob("*.lock")):
         key = lock.stem
