@@ -14,6 +14,8 @@ checks that every exception class of the package appears here, under its base):
     ├── NotRegularFileError           fsutil.py: a FIFO, device or directory where a file is read
     ├── WorkerStartError              pool/workers/spawn.py: a worker exited or never got ready
     ├── GitRangeError                 gate/gitrange.py: a commit range the code checks cannot use
+    ├── UnknownName                   choices.py: a typed name (model id, backend, marker,
+    │                                 pool) that is not known; its kind's exit status
     └── ModelLoadError                lab/refworker/weights.py: the reference worker cannot load
                                       a model (its message is candle's)
 

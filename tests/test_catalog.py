@@ -98,7 +98,7 @@ def test_register_duplicate_and_unregister(pool: PoolPaths) -> None:
     assert r.returncode == 0 and "Unregistered m1" in r.stdout
     assert catalog_json(pool)["models"] == []
     gone = run(pool, "unregister", "m1")
-    assert gone.returncode == 2 and "not in the catalog" in one_line_error(gone)
+    assert gone.returncode == 10 and "unknown model id 'm1'" in one_line_error(gone)
     assert temp_files(pool) == []
 
 
@@ -245,7 +245,7 @@ def test_nul_in_id_refused_by_library(pool: PoolPaths) -> None:
 
 def test_unknown_backend_refused(pool: PoolPaths) -> None:
     r = register(pool, "m", "o/n", "--backends", "cpu,rocm")
-    assert r.returncode == 2 and "unknown backend 'rocm'" in one_line_error(r)
+    assert r.returncode == 11 and "unknown backend 'rocm'" in one_line_error(r)
     assert not pool.catalog_path.exists()
 
 
@@ -257,7 +257,7 @@ def test_known_models_registered_on_first_use(pool: PoolPaths) -> None:
     assert [m["id"] for m in catalog_json(pool)["models"]] == ["qwen-0.5b"]
     with pytest.raises(HarnessError) as info:
         cat.lookup_or_register(pool, "nope")
-    assert info.value.exit_code == 2 and "qwen-0.5b" in (info.value.hint or "")
+    assert info.value.exit_code == 10 and "qwen-0.5b" in (info.value.hint or "")
 
 
 # --------------------------------------------------------------------------- issue 20

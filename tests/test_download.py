@@ -305,7 +305,7 @@ def test_interrupt_leaves_nothing_half_written(hub: LocalHub, pool: PoolPaths,
 def test_unknown_id_lists_known_ids(hub: LocalHub, pool: PoolPaths,
                                     env: dict[str, str]) -> None:
     r = pool_cli(pool, env, "download", "no-such-model")
-    assert r.returncode == 2
+    assert r.returncode == 10  # choices.EXIT_CODES["model id"]
     assert "unknown model id 'no-such-model'" in r.stderr
     for known in ("tiny-qwen", "qwen-0.5b", "tinyllama", "phi3", "mistral"):
         assert known in r.stderr
@@ -425,7 +425,8 @@ def test_verify_detects_a_modified_file(hub: LocalHub, hub_root: Path, pool: Poo
 
 def test_verify_of_model_never_downloaded(pool: PoolPaths, env: dict[str, str]) -> None:
     r = pool_cli(pool, env, "verify", MODEL)
-    assert r.returncode != 0 and "not in the catalog" in r.stderr
+    assert r.returncode != 0 and "not downloaded in this pool" in r.stderr
+    assert f"run: llorch-pool models download {MODEL}" in r.stderr
     pool_cli(pool, env, "register", "mine", "--name", "Mine", "--repo", "org/mine",
              "--architecture", "qwen")
     r = pool_cli(pool, env, "verify", "mine")

@@ -6,6 +6,7 @@ import stat
 
 import pytest
 
+from llorch_harness.choices import UnknownName
 from llorch_harness.gate import checklist as gate
 from llorch_harness.plugin import labs
 
@@ -69,7 +70,7 @@ def test_bad_option_values_are_refused():
     lab = next(s for s in labs.OPTIONS if s.flag == "--lab")
     with pytest.raises(labs.OptionError, match="choose one of"):
         labs.resolve_option(lab, "bogus", {}, None)
-    with pytest.raises(labs.OptionError, match="unknown backend"):
+    with pytest.raises(UnknownName, match="unknown backend 'tpu'"):
         labs.resolve_settings(lambda d: ["tpu"] if d == "llorch_backend_available" else None,
                               lambda n: None, {})
 
@@ -237,8 +238,11 @@ def test_backend_available_with_binary_makes_real_lab(pytester: pytest.Pytester,
 
 def test_no_tests_collected_keeps_exit_5(pytester: pytest.Pytester, clean_env, gate_suite):
     pytester.makepyfile(BACKEND_TESTS)
-    res = pytester.runpytest_subprocess("-m", "nothing_has_this", "-p", "no:cacheprovider")
+    res = pytester.runpytest_subprocess("-m", "cpu and cuda", "-p", "no:cacheprovider")
     assert res.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    # a marker the gate does not know is a typo, not "no tests" (issue 28, choices.py)
+    res = pytester.runpytest_subprocess("-m", "nothing_has_this", "-p", "no:cacheprovider")
+    assert res.ret == 12
 
 
 def test_xdist_workers_share_the_controllers_decision(pytester: pytest.Pytester, clean_env):

@@ -151,12 +151,12 @@ def test_register_then_catalog_shows_it_and_name_is_inert(
 def test_failing_remote_command_reports_its_status(tmp_path: Path, pools_file: Path) -> None:
     res = llorch(tmp_path, "--pools-file", str(pools_file), "pool", "models", "download",
                  "no-such-model", "--host", "testpool")
-    assert res.returncode == 2
+    assert res.returncode == 10  # choices.EXIT_CODES["model id"], through ssh
     assert "unknown model id 'no-such-model'" in res.stderr
     res = llorch(tmp_path, "--pools-file", str(pools_file), "pool", "models", "unregister",
                  "not-there", "--host", "testpool")
-    assert res.returncode == 2
-    assert "not in the catalog" in res.stderr
+    assert res.returncode == 10
+    assert "unknown model id 'not-there'" in res.stderr
 
 
 def test_exit_status_and_both_streams_round_trip(tmp_path: Path, sshd: SshdServer) -> None:

@@ -337,9 +337,10 @@ def test_bad_spawn_input_is_one_line_and_starts_nothing(pool, bin_dir, tmp_path,
     expect = ""
     listener = None
     if case == "unknown_backend":
-        args["backend"], expect = "gpu9", "unknown backend 'gpu9' (choose one of: cpu, cuda, metal)"
+        args["backend"], expect = "gpu9", "unknown backend 'gpu9' (known: cpu, cuda, metal)"
     elif case == "not_in_catalog":
-        args["model"], expect = "nope", "Run: llorch-pool models download nope"
+        # not a model any command knows: no hint to download it (that would fail too)
+        args["model"], expect = "nope", "unknown model id 'nope' (known: "
     elif case == "not_downloaded":
         args["model"] = "fake-undl"
         expect = "model fake-undl is not downloaded (Run: llorch-pool models download fake-undl)"

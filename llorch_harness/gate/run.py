@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from llorch_harness import redaction
+from llorch_harness.choices import UnknownName
 from llorch_harness.errors import HarnessError, PoolUnreachable
 from llorch_harness.fsutil import atomic_write_bytes
 from llorch_harness.gate import merge as gatemerge
@@ -79,9 +80,7 @@ def load_gate_pools(names: Sequence[str], pools_file: str | None,
     for name in names:
         cfg = parsed.get(name)
         if cfg is None:
-            known = ", ".join(sorted(parsed.pools)) or "none"
-            raise HarnessError(f"pool {name!r} is not in {path}", f"pools there: {known}",
-                               exit_code=2)
+            raise UnknownName("pool", name, parsed.pools, extra_hint=f"pools file {path}")
         checkout = cfg.checkout
         if not checkout:
             raise HarnessError(f"pools file {path}: pools.{name}.checkout: missing",

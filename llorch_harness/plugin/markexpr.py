@@ -104,3 +104,17 @@ def evaluate(text: str, matches: Callable[[str], bool]) -> bool:
     if parser.pos != len(tokens):
         raise ExpressionError(f"unexpected {tokens[parser.pos][1]!r} after the expression")
     return value
+
+
+def names(text: str) -> list[str]:
+    """Every marker name the expression mentions, in order (keyword arguments excluded).
+    Raises ExpressionError for text that is not an expression."""
+    seen: list[str] = []
+
+    def record(name: str) -> bool:
+        if name not in seen:
+            seen.append(name)
+        return False
+
+    evaluate(text, record)
+    return seen

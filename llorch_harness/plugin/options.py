@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llorch_harness.checks.referencecfg import DEFAULT_DELTA, DEFAULT_TOP_K, REFERENCE_CHOICES
+from llorch_harness.choices import check_name
 from llorch_harness.pool import backends
 
 BACKEND_ORDER: tuple[str, ...] = backends.PREFERENCE  # for pool-level items: GPUs first
@@ -230,6 +231,5 @@ def resolve_settings(
         if source != "default" and value is not None:
             setattr(settings, _SETTING_FOR_DEST[spec.dest], value)
     for name in (*settings.backend_available, *settings.require_backend):
-        if name not in BACKEND_NAMES:
-            raise OptionError(f"unknown backend {name!r}: choose from {', '.join(BACKEND_NAMES)}")
+        check_name("backend", name, BACKEND_NAMES)  # choices.UnknownName: its own exit status
     return settings

@@ -24,7 +24,16 @@ import pytest
 from llorch_harness import redaction
 from llorch_harness.errors import HarnessError
 from llorch_harness.gate import checklist as gate
-from llorch_harness.plugin import fixtures, labs, models, results, rootcheck, sweep, xdistgroups
+from llorch_harness.plugin import (
+    fixtures,
+    labs,
+    models,
+    results,
+    rootcheck,
+    sweep,
+    typed,
+    xdistgroups,
+)
 from llorch_harness.plugin import report as rpt
 from llorch_harness.plugin.activation import WORKERINPUT_KEY, is_xdist_worker
 from llorch_harness.plugin.fixtures import BACKEND_KEY, LAB_KEY, RECORD_KEY
@@ -50,6 +59,8 @@ def activate(config: pytest.Config, reason: str) -> None:
     decision = _decision(config)
     if not is_xdist_worker(config):
         check_decision(decision)
+        typed.check_typed(decision, config.getoption("markexpr", None),
+                          typed.marker_names(config.getini("markers")))
     config.stash[LAB_KEY] = decision
     if config.getoption("dist", "no") == "load":
         # device groups must stay on one worker: loadgroup honours xdist_group, load does not
@@ -89,6 +100,8 @@ def _decision(config: pytest.Config) -> labs.LabDecision:
         return labs.decide(settings, markexpr=config.getoption("markexpr", None))
     except labs.OptionError as exc:
         raise pytest.UsageError(f"llorch-harness: {exc}") from None
+    except HarnessError as err:  # a mistyped name (choices.UnknownName): its own status
+        typed.exit_on(err)
 
 
 def check_decision(decision: labs.LabDecision) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from llorch_harness.choices import UnknownName
 from llorch_harness.errors import HarnessError
 
 BIN_DIR_ENV = "LLORCH_BIN_DIR"
@@ -70,9 +71,7 @@ CPU = "cpu"  # the backend every machine has (the reference worker runs only the
 def get_backend(name: str) -> BackendSpec:
     spec = BACKENDS.get(name)
     if spec is None:
-        raise HarnessError(
-            f"unknown backend {name!r}", f"choose one of: {', '.join(BACKENDS)}", exit_code=2
-        )
+        raise UnknownName("backend", name, BACKENDS)
     return spec
 
 

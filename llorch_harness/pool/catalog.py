@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
+from llorch_harness.choices import UnknownName
 from llorch_harness.errors import HarnessError
 from llorch_harness.fsutil import atomic_write_text, loads_json_strict, read_regular_text
 from llorch_harness.pool.paths import PoolPaths, validate_model_id, validate_repo_id
@@ -273,9 +274,9 @@ def known_models() -> dict[str, ModelEntry]:
     return {e.id: e for e in entries}
 
 
-def known_ids_hint(catalog: Catalog) -> str:
-    ids = sorted(set(known_models()) | {m.id for m in catalog.models})
-    return "known ids: " + ", ".join(ids)
+def known_ids(catalog: Catalog) -> list[str]:
+    """Every id a command accepts here: the built-in models and the catalog's."""
+    return sorted(set(known_models()) | {m.id for m in catalog.models})
 
 
 def lookup_or_register(paths: PoolPaths, model_id: str) -> ModelEntry:
@@ -288,11 +289,14 @@ def lookup_or_register(paths: PoolPaths, model_id: str) -> ModelEntry:
             return found
         builtin = known_models().get(model_id)
         if builtin is None:
-            raise HarnessError(f"unknown model id {model_id!r}", known_ids_hint(catalog), 2)
+            raise UnknownName("model id", model_id, known_ids(catalog))
         catalog.upsert(builtin)
         return builtin
 
-    existing = read_catalog(paths).find(model_id)
+    catalog = read_catalog(paths)
+    existing = catalog.find(model_id)
+    if existing is None and model_id not in known_models():  # refused before any file is made
+        raise UnknownName("model id", model_id, known_ids(catalog))
     return existing if existing is not None else update_catalog(paths, change)
 
 
@@ -305,9 +309,7 @@ def register_model(
     chosen = list(dict.fromkeys(backends or VALID_BACKENDS))  # "cpu,cpu" stores cpu once
     bad = [b for b in chosen if b not in VALID_BACKENDS]
     if bad:
-        raise HarnessError(
-            f"unknown backend {bad[0]!r}", f"choose from {', '.join(VALID_BACKENDS)}", 2,
-        )
+        raise UnknownName("backend", bad[0], VALID_BACKENDS)
     entry = ModelEntry(
         id=model_id, name=name, path=f".test-models/{model_id}", architecture=architecture,
         backends=chosen, metadata={"repo": repo},
@@ -332,8 +334,7 @@ def unregister_model(paths: PoolPaths, model_id: str) -> None:
 
     def change(catalog: Catalog) -> None:
         if not catalog.remove(model_id):
-            raise HarnessError(
-                f"model {model_id!r} is not in the catalog", known_ids_hint(catalog), 2,
-            )
+            raise UnknownName("model id", model_id, [m.id for m in catalog.models],
+                              extra_hint="unregister takes an id of this pool's catalog")
 
     update_catalog(paths, change)

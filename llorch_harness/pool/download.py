@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from llorch_harness.choices import UnknownName
 from llorch_harness.errors import HarnessError
 from llorch_harness.pool import catalog as cat
 from llorch_harness.pool import diskspace, hubdeadline
@@ -324,9 +325,12 @@ def verify_model(
     catalog = cat.read_catalog(paths)
     validate_model_id(model_id)
     entry = catalog.find(model_id)
+    if entry is None and model_id in cat.known_models():
+        raise HarnessError(f"model {model_id} is not downloaded in this pool ({paths.root})",
+                           f"run: llorch-pool models download {model_id}", 2)
     if entry is None:
-        raise HarnessError(f"model {model_id!r} is not in the catalog",
-                           cat.known_ids_hint(catalog), 2)
+        raise UnknownName("model id", model_id, [m.id for m in catalog.models],
+                          extra_hint="verify takes an id of this pool's catalog")
     files = recorded_files(entry)
     if files is None:
         raise HarnessError(

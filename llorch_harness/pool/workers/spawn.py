@@ -24,11 +24,12 @@ import psutil
 from filelock import FileLock, Timeout
 
 from llorch_harness import __version__
+from llorch_harness.choices import UnknownName
 from llorch_harness.errors import HarnessError
 from llorch_harness.fsutil import sha256_file
 from llorch_harness.pool import leases, procs, torchdevice
 from llorch_harness.pool.backends import CPU, find_binary, get_backend
-from llorch_harness.pool.catalog import ModelEntry, read_catalog
+from llorch_harness.pool.catalog import ModelEntry, known_ids, known_models, read_catalog
 from llorch_harness.pool.paths import PoolPaths, validate_model_id, validate_worker_id
 from llorch_harness.pool.readiness import CallbackServer, NotReady, wait_ready
 from llorch_harness.pool.workers.defaults import (
@@ -106,9 +107,12 @@ class SpawnPlan:
 
 def _resolve_model(paths: PoolPaths, model_id: str, backend: str) -> tuple[ModelEntry, Path]:
     validate_model_id(model_id)
-    entry = read_catalog(paths).find(model_id)
+    catalog = read_catalog(paths)
+    entry = catalog.find(model_id)
+    if entry is None and model_id not in known_models():  # a download would refuse it too
+        raise UnknownName("model id", model_id, known_ids(catalog))
     if entry is None:
-        raise HarnessError(f"model {model_id} is not in the catalog",
+        raise HarnessError(f"model {model_id} is not in the catalog of {paths.root}",
                            f"Run: llorch-pool models download {model_id}")
     if not entry.downloaded:
         raise HarnessError(f"model {model_id} is not downloaded",
@@ -209,7 +213,13 @@ def spawn_worker(
         if backend != CPU:  # the reference worker plays llorch-<backend>-candled, on torch
             extra_env = {**(extra_env or {}), REF_BACKEND_ENV: backend}
     else:
-        binary = find_binary(backend, bin_dir)
+        try:
+            binary = find_binary(backend, bin_dir)
+        except HarnessError as err:
+            if err.hint and "--worker reference" not in err.hint:
+                err.hint += ("; or --worker reference: the harness's reference worker "
+                             "(no binary needed)")
+            raise
         launcher = (str(binary),)
     paths.writable_dir(paths.workers_dir)  # no symlinked .runtime or workers/ under the root
     lock = FileLock(str(spawn_lock_path(paths, wid)), timeout=0)

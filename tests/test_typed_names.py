@@ -1,0 +1,116 @@
+"""Issue 28 item 4: a typo costs one line, with a "did you mean" and its own exit status,
+in the gate (pytest plugin) and in the command lines, before any test or command step.
+
+Every case runs the real command: pytest on the real gate suite in a subprocess, and the
+installed `llorch-pool` entry point.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llorch_harness.choices import EXIT_CODES, UnknownName, did_you_mean
+from tests.test_plugin_gate import run_gate
+
+LLORCH_POOL = Path(sys.executable).parent / "llorch-pool"
+DESIGN = Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md"
+
+
+def pool_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLORCH_", "HF_"))}
+    return subprocess.run([str(LLORCH_POOL), *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=120, stdin=subprocess.DEVNULL, check=False)
+
+
+def the_line(res: subprocess.CompletedProcess[str], start: str) -> str:
+    """The run printed exactly one non-empty line in all, starting with `start`."""
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stdout + res.stderr
+    assert lines[0].startswith(start), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(("args", "kind", "said"), [
+    (["--gate-model", "tiny-qwn"], "model id", "unknown model id 'tiny-qwn' (did you mean "
+                                               "tiny-qwen?"),
+    (["-m", "gpu"], "marker", "unknown marker 'gpu' (did you mean cpu?"),
+    (["-m", "cpu and not slwo"], "marker", "unknown marker 'slwo' (did you mean slow?"),
+    (["--require-backend", "cdua"], "backend", "unknown backend 'cdua' (did you mean cuda?"),
+], ids=["gate-model", "marker", "marker-in-expression", "backend"])
+def test_a_typo_in_a_gate_run_is_one_line_before_any_test(tmp_path: Path, args: list[str],
+                                                         kind: str, said: str) -> None:
+    res = run_gate(tmp_path, *args, "--gate-json", str(tmp_path / "g.json"))
+    assert res.returncode == EXIT_CODES[kind], res.stdout[-3000:] + res.stderr
+    assert said in the_line(res, "Exit: llorch-harness: ")
+    assert not (tmp_path / "g.json").exists()
+
+
+def test_lab_real_without_a_binary_is_an_error_not_skips(tmp_path: Path) -> None:
+    """Issue 28 item 9: it gave 35 skips, `verdict: NOT RUN` and exit 0."""
+    res = run_gate(tmp_path, "--lab", "real")
+    assert res.returncode == EXIT_CODES["lab"], res.stdout[-3000:] + res.stderr
+    line = the_line(res, "Exit: llorch-harness: --lab real: no real worker")
+    assert "llorch-cpu-candled" in line and "--llorch-bin-dir" in line
+    assert "leave --lab out for the embedded lab" in line
+
+
+def test_spawn_of_a_mistyped_model_suggests_the_id_not_a_failing_download(
+        tmp_path: Path) -> None:
+    """It used to say `Run: llorch-pool models download tiny-qwn`, which then fails."""
+    res = pool_cli("worker", "spawn", "cpu", "--model", "tiny-qwn", "--worker", "reference",
+                   "--pool-root", str(tmp_path), cwd=tmp_path)
+    assert res.returncode == EXIT_CODES["model id"], res.stderr
+    line = the_line(res, "error: unknown model id 'tiny-qwn' (did you mean tiny-qwen?")
+    assert "models download" not in line
+    download = pool_cli("models", "download", "tiny-qwn", "--pool-root", str(tmp_path),
+                        cwd=tmp_path)
+    assert download.returncode == EXIT_CODES["model id"]
+    assert "did you mean tiny-qwen?" in the_line(download, "error: unknown model id")
+    assert not (tmp_path / ".test-models").exists()  # nothing half-written
+
+
+def test_mistyped_backend_in_the_cli_has_the_backend_status(tmp_path: Path) -> None:
+    res = pool_cli("worker", "spawn", "cpuu", "--model", "tiny-qwen", "--pool-root",
+                   str(tmp_path), cwd=tmp_path)
+    assert res.returncode == EXIT_CODES["backend"]
+    assert "did you mean cpu?" in the_line(res, "error: unknown backend 'cpuu'")
+
+
+def test_spawn_without_a_binary_names_the_reference_worker(tmp_path: Path) -> None:
+    """Issue 28 item 7: `worker spawn cpu` without a binary must mention --worker reference."""
+    env_path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    catalog = tmp_path / ".test-models" / "tiny-qwen"
+    catalog.mkdir(parents=True)
+    (catalog / "model.safetensors").write_bytes(b"x")
+    (tmp_path / ".test-models" / "catalog.json").write_text(
+        '{"models": [{"id": "tiny-qwen", "name": "Tiny", "path": ".test-models/tiny-qwen", '
+        '"format": "safetensors", "size_gb": 0.0, "architecture": "qwen", "downloaded": true, '
+        '"backends": ["cpu"], "metadata": {"repo": "llorch-test/tiny-qwen"}}]}')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLORCH_", "HF_"))}
+    env["PATH"] = env_path
+    res = subprocess.run([str(LLORCH_POOL), "worker", "spawn", "cpu", "--model", "tiny-qwen",
+                          "--pool-root", str(tmp_path)], capture_output=True, text=True,
+                         env=env, timeout=120, check=False)
+    assert res.returncode == 1, res.stderr
+    assert "--worker reference" in the_line(res, "error: no llorch-cpu-candled")
+
+
+def test_did_you_mean_is_close_matches_only() -> None:
+    assert did_you_mean("tiny-qwn", ["tiny-qwen", "tinyllama", "phi3"]) == ["tiny-qwen"]
+    assert did_you_mean("zzz", ["cpu", "cuda", "metal"]) == []
+    err = UnknownName("pool", "wrkstation", ["mac", "workstation"])
+    assert err.exit_code == EXIT_CODES["pool"]
+    assert err.one_line() == ("unknown pool 'wrkstation' (did you mean workstation?; "
+                              "known: mac, workstation)")
+
+
+def test_the_exit_status_table_is_documented() -> None:
+    """docs/DESIGN.md lists every kind with its status, as choices.EXIT_CODES has them."""
+    text = DESIGN.read_text(encoding="utf-8")
+    for kind, code in EXIT_CODES.items():
+        assert f"| {code} | {kind} |" in text, (kind, code)
