@@ -54,10 +54,15 @@ def join(sep: str, parts: Iterable[object]) -> Markup:
 # --------------------------------------------------------------------------- Markdown
 
 _SPACE = re.compile(r"\s+")
-# Every character that starts Markdown syntax inline (CommonMark lets any ASCII punctuation
-# be backslash-escaped), plus `:` and `@` so no GFM autolink (`https://…`, `a@b.c`) forms,
-# the `.` of `www.` for the same reason, and `$` (GitHub's math).
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>!|&~#:@$])|(?<=[wW]{3})(\.)")
+# The characters that start Markdown syntax inside a line: links and images need `[`,
+# HTML and autolinks `<`, entities `&`, emphasis `*` `_` `~`, code spans a backtick, GFM
+# cells `|`, GitHub's math `$`, and `\` itself. GFM's bare autolinks are broken where they
+# would start: the `:` of `scheme://`, `mailto:` and `xmpp:`, the `.` of `www.`, and `@`.
+# (`(`, `!`, `#`, `:` elsewhere and `_` inside a word mean nothing without the above,
+# so values stay readable.)
+_MD_SPECIAL = re.compile(r"[\\`*\[\]<>|&~$@]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])"
+                         r"|(?<=[A-Za-z]):(?=//)|(?<=mailto):|(?<=xmpp):|(?<=www)\.",
+                         re.IGNORECASE)
 
 
 def one_line(value: object, limit: int = MAX_MD_TEXT) -> str:
@@ -71,15 +76,17 @@ def md_text(value: object, limit: int = MAX_MD_TEXT) -> str:
     """A value as Markdown inline text: every markup character backslash-escaped, so it
     renders as exactly its characters (no link, image, HTML, emphasis, code span, cell
     split or autolink)."""
-    return _MD_SPECIAL.sub(lambda m: "\\" + (m.group(1) or m.group(2)), one_line(value, limit))
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), one_line(value, limit))
 
 
-def md_code(value: object, limit: int = MAX_MD_TEXT) -> str:
+def md_code(value: object, limit: int = MAX_MD_TEXT, *, table: bool = False) -> str:
     """A value as a Markdown code span: a fence longer than any backtick run in it
-    (CommonMark), padded when it starts or ends with a backtick; `|` escaped for GFM
-    tables (their split happens before inline parsing). Entities are not touched: inside a
-    code span `&lt;` would show as those four characters."""
-    line = one_line(value, limit).replace("|", "\\|")
+    (CommonMark), padded when it starts or ends with a backtick; in a GFM table cell `|`
+    is escaped (the cell split happens before inline parsing). Entities are not touched:
+    inside a code span `&lt;` would show as those four characters."""
+    line = one_line(value, limit)
+    if table:
+        line = line.replace("|", "\\|")
     runs = [len(r) for r in re.findall(r"`+", line)]
     fence = "`" * (max(runs, default=0) + 1)
     pad = " " if line.startswith(("`", " ")) or line.endswith(("`", " ")) or not line else ""

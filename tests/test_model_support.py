@@ -194,8 +194,8 @@ def test_failed_tinyllama_on_cuda_fails_the_verdict_and_shows_the_item(tmp_path:
     assert "**Merged CP3 verdict: ❌ FAIL**" in md
     assert "**Runs:** 7 of 8 (model, backend) runs passed." in md
     assert ("- ❌ **TinyLlama 1.1B Chat (tinyllama)** on CUDA (workstation): fail; failed items:"
-            " No broadcasting errors; reason: cannot broadcast [5, 5] to [1, 14, 5, 10] \\| "
-            "&lt;b&gt;shape&lt;/b&gt;") in md  # escaped: the table and page stay whole
+            " No broadcasting errors; reason: cannot broadcast \\[5, 5\\] to \\[1, 14, 5, 10\\] "
+            "\\| \\<b\\>shape\\</b\\>") in md  # escaped: the table and page stay whole
     assert "<b>" not in md and "<b>shape" not in page and "&lt;b&gt;shape" in page
     assert "❌ fail: No broadcasting errors</span>" in page
     cell = doc["model_support"]["models"][1]["cells"][1]

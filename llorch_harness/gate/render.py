@@ -6,7 +6,6 @@ relative to the page that holds them, and every text written passes the one reda
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from llorch_harness.gate.checklist import CHECKPOINT
 from llorch_harness.gate.results import PoolResult
 from llorch_harness.gate.supportrender import render_html_section, render_markdown
 from llorch_harness.redaction import redact
+from llorch_harness.safetext import text as html_text
 
 if TYPE_CHECKING:  # the merge imports this module: the type only, no import cycle
     from llorch_harness.gate.merge import MergedGate
@@ -123,8 +123,8 @@ font-weight:bold}.reason{font-size:.85em;color:#57606a;max-width:28em;overflow-w
 """
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+def _e(value: object) -> str:
+    return str(html_text(value))  # the one escaping layer (safetext)
 
 
 def _badge(status: str, required: bool) -> str:

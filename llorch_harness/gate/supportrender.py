@@ -2,13 +2,11 @@
 
 Why apart from `gate.modelsupport`: that builds the matrix from the results; this only
 lays it out. Every value from a result is escaped for where it lands (a Markdown table
-cell, an HTML page), so a reason holding `|` or `<script>` cannot break either.
+cell, an HTML page) by the one layer, safetext: a reason holding `|`, `<script>`,
+`[a](javascript:...)` or backticks is shown as its characters in both.
 """
 
 from __future__ import annotations
-
-import html
-import re
 
 from llorch_harness import __version__
 from llorch_harness.gate.checklist import CHECKPOINT
@@ -23,25 +21,23 @@ from llorch_harness.gate.modelsupport import (
     status_text,
 )
 from llorch_harness.gate.results import PoolResult
+from llorch_harness.safetext import md_code, md_text
+from llorch_harness.safetext import text as _e
 
-_MAX_TEXT = 300  # a reason is one line in a table, not a log
-_SPACE = re.compile(r"\s+")
 FIGURES_NOTE = ("Startup: spawn to ready of the model's first worker life on that backend. "
                 "Memory at ready: VRAM where the pool could read it, else the worker's RSS. "
                 "Tokens/s: client-side median over the model's greedy streams.")
 
 
-def _md(text: object) -> str:
-    """One line, safe inside a Markdown table cell (no `|` split, no raw HTML)."""
-    one = _SPACE.sub(" ", str(text)).strip()
-    if len(one) > _MAX_TEXT:
-        one = one[:_MAX_TEXT - 1] + "…"
-    return (one.replace("\\", "\\\\").replace("|", "\\|")
-            .replace("<", "&lt;").replace(">", "&gt;"))
+def _md(value: object) -> str:
+    """A value as Markdown text: one line, never a link, image, HTML, code span or cell
+    split (safetext.md_text)."""
+    return md_text(value)
 
 
-def _code(text: object) -> str:
-    return f"`{_md(str(text).replace('`', ''))}`"
+def _code(value: object) -> str:
+    """A value as a code span whatever backticks it holds (safetext.md_code)."""
+    return md_code(value)
 
 
 def model_label(entry: ModelEntry) -> str:
@@ -147,10 +143,6 @@ def render_markdown(ms: ModelSupport) -> str:
 
 _COLORS = {"pass": "#1a7f37", "fail": "#cf222e", "error": "#bc4c00", "skip": "#9a6700",
            "not run": "#cf222e"}
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
 
 
 def _html_cell(c: SupportCell) -> str:

@@ -96,6 +96,13 @@ def check(raw: Any, where: str) -> dict[str, Any] | None:
     comps = c.get("comparisons") or []
     if not isinstance(comps, list):
         raise BadRecord(f"{where}.comparisons must be a list")
+    samples = obj(c.get("samples") or {}, f"{where}.samples")
+    for name, values in samples.items():
+        if not isinstance(values, list):
+            raise BadRecord(f"{where}.samples.{str(name)[:40]} must be a list of numbers")
+        for i, v in enumerate(values):
+            if number(v, f"{where}.samples.{str(name)[:40]}[{i}]") is None:
+                raise BadRecord(f"{where}.samples.{str(name)[:40]}[{i}] must be a number")
     return {**c, "message": opt_text(c.get("message"), f"{where}.message"),
             "status": opt_text(c.get("status"), f"{where}.status"),
             "comparisons": [comparison(x, f"{where}.comparisons[{i}]")
