@@ -25,10 +25,14 @@ def _fp(backend: str = "cpu", binary: str = "a" * 64) -> dict:
             "device": "dev", "worker_binary_sha256": binary, "protocol": "perf/1"}
 
 
+def _five(v: float) -> tuple[float, ...]:
+    return tuple(v * k for k in (0.98, 0.99, 1.0, 1.01, 1.02))  # the rank test's samples
+
+
 def _figs(per_token: float, load: float = 2.0) -> dict[str, Figure]:
-    return {"load_s": Figure("load_s", load, 0.01, 3),
+    return {"load_s": Figure("load_s", load, 0.01, 5, samples=_five(load)),
             "ttft_s": Figure("ttft_s", None, None, 0, "sent at once"),
-            "s_per_token": Figure("s_per_token", per_token, 0.0001, 5),
+            "s_per_token": Figure("s_per_token", per_token, 0.0001, 5, samples=_five(per_token)),
             "tokens_per_sec": Figure("tokens_per_sec", 1 / per_token, 1.0, 5)}
 
 

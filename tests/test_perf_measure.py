@@ -26,27 +26,38 @@ class FakeHandle:
 
 
 def test_protocol_loads_warms_up_measures_and_stops_everything():
+    """Every load answers its warm-up (excluded) and its measured requests, and is stopped
+    before the next one starts; one memory peak per worker life."""
     handles: list[FakeHandle] = []
     with SSEServer(b_good) as srv:
         def spawn(i: int) -> FakeHandle:
+            assert all(h.stopped for h in handles)  # one worker at a time
             handles.append(FakeHandle(srv.url, os.getpid(), 1.0 + i))
             return handles[-1]
 
         def stop(h: FakeHandle) -> None:
             h.stopped = True
 
-        m = measure(spawn, stop, "cpu", Protocol(requests=4, loads=3))
+        m = measure(spawn, stop, "cpu", Protocol(requests=2, loads=3))
         bodies = [r["body"] for r in srv.requests]
     assert m.load_s == [1.0, 2.0, 3.0] and all(h.stopped for h in handles)
-    assert len(bodies) == 5 and bodies[0]["job_id"].startswith("perf-warmup0-")
-    assert [b["job_id"].split("-")[1] for b in bodies[1:]] == ["m0", "m1", "m2", "m3"]
+    kinds = [b["job_id"].split("-")[1] for b in bodies]
+    assert kinds == ["warmup0", "m0", "m1", "l1warmup0", "m2", "m3", "l2warmup0", "m4", "m5"]
     assert all(b["temperature"] == 0.0 and b["max_tokens"] == 20 for b in bodies)
-    assert len(m.timings) == 4  # the warm-up is not among them
+    assert len(m.timings) == 6  # the warm-ups are not among them
     # the stand-in writes no log, so no tokens_generated: nothing is timed as a number
     assert not any(t.ok for t in m.timings)
-    assert m.figures()["s_per_token"].value is None
-    assert len(m.memory_ready) == 3 and m.memory_peak is not None and m.memory_kind == "RSS"
+    assert m.figures(min_samples=3)["s_per_token"].value is None
+    assert len(m.memory_ready) == 3 and len(m.memory_peak) == 3 and m.memory_kind == "RSS"
     assert m.overhead_s is not None and m.overhead_s >= 0
+
+
+def test_the_default_protocol_gives_every_figure_five_samples():
+    from llorch_harness.perf.figures import MIN_SAMPLES
+    from llorch_harness.perf.fingerprint import DEFAULT_PROTOCOL
+
+    assert MIN_SAMPLES >= 5 and DEFAULT_PROTOCOL.loads >= MIN_SAMPLES
+    assert DEFAULT_PROTOCOL.loads * DEFAULT_PROTOCOL.requests >= MIN_SAMPLES
 
 
 def test_a_failing_spawn_still_stops_the_worker_already_started():

@@ -18,8 +18,10 @@ from tests.test_gatemerge import harness, pool_doc
 def _record(db, pool: str, backend: str, key: str, per_token: float) -> list[dict]:
     fp = {"pool": f"{pool}.host", "lab": "real", "model": "qwen-0.5b", "backend": backend,
           "device": f"{backend} dev", "worker_binary_sha256": "ab" * 32, "protocol": "perf/1"}
-    figs = {"load_s": Figure("load_s", 2.0, 0.1, 3),
-            "s_per_token": Figure("s_per_token", per_token, 0.0001, 5)}
+    five = (0.98, 0.99, 1.0, 1.01, 1.02)  # samples for the rank test
+    figs = {"load_s": Figure("load_s", 2.0, 0.1, 5, samples=tuple(2.0 * k for k in five)),
+            "s_per_token": Figure("s_per_token", per_token, 0.0001, 5,
+                                  samples=tuple(per_token * k for k in five))}
     record_and_check(db, key, fp, figs)
     with ResultsStore.open(db) as store:
         store.set_gate_verdict(key, "pass")

@@ -7,7 +7,10 @@ memory at ready), sends a warm-up request and measured greedy requests (client-s
 arrival times, the log's tokens_generated), records the figures in the pool's results
 store and compares each with the median of the last passing runs of the same fingerprint
 except the worker binary (docs/gate.md, "Performance history"). Without enough history the
-run only records; `--no-perf-gate` skips the item.
+run only records; `--no-perf-gate` skips the item. The host's conditions are watched over
+every measurement: a host that stays busy (other processes on the cores or the GPU, a
+throttled device) makes the item "could not check (host busy: ...)" with the figures, never
+a failure and never a pass.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import pytest
 from gatehelpers import backend_param, expect
 
+from llorch_harness.gate.checklist import COULD_NOT_CHECK
+from llorch_harness.perf.baseline import BUSY_PREFIX
 from llorch_harness.perf.runkey import PERF_ITEM, PERF_SECTION
 from llorch_harness.pool.backends import PREFERENCE
 
@@ -37,6 +42,10 @@ def test_no_performance_regression(backend, request, lab, pool_paths, worker_fac
     except HarnessError as err:  # a worker that never got ready, a locked store: one line
         pytest.fail(err.one_line(), pytrace=False)
     gate_record["performance"] = out.summary()
+    if out.busy:  # the checklist's "could not check": not a pass, not the worker's failure
+        reason = out.verdict.message().removeprefix(BUSY_PREFIX)
+        request.node.user_properties.append((COULD_NOT_CHECK, reason))
+        pytest.fail(reason, pytrace=False)
     expect(out.verdict.status != "fail",
            "every figure within its baseline band: "
            f"{out.verdict.rule.describe()} with this fingerprint except the worker binary",

@@ -5,9 +5,20 @@ no baseline. The baseline of a figure is the median of the last `Rule.runs` pass
 with the same fingerprint except the worker binary (at least `Rule.min_runs` of them);
 the band around it is the larger of `mad_k` robust standard deviations of those runs
 (1.4826 x MAD) and `min_rel` of the baseline, so neither a noisy history nor a perfectly
-quiet one raises false alarms. Worse than the band is a regression (the gate item fails,
-naming the figure, the baseline, the band and the runs); better than the band is an
-improvement (reported, never failed). Without enough history a run only records.
+quiet one raises false alarms. Beyond the band is not enough on its own: this run's
+samples (at least 5 per figure) must also rank above the baseline runs' pooled samples in a
+one-sided Mann-Whitney U test at p < `Rule.alpha` (0.05), so a difference that a handful of
+noisy samples could make by chance is not called a regression. Both, and only both: worse
+than the band and significant is a regression (the gate item fails, naming the figure, the
+baseline, the band, p and the runs); better in the same way is an improvement (reported,
+never failed). Without enough history a run only records.
+
+Why Mann-Whitney U: it compares ranks, so it assumes no distribution (timings are skewed,
+with a long tail from the host) and one outlier moves it by one rank; it works on few
+samples (an exact test without ties). Why the band as well: the pooled baseline samples
+ignore how runs differ from each other, so on its own the test would call a small shift
+between two runs significant; the band (from the runs' medians) says how large a change
+must be to matter.
 """
 
 from __future__ import annotations
@@ -16,8 +27,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llorch_harness.perf.figures import SPECS, Figure, format_value, median_mad
+from llorch_harness.perf.figures import (
+    SPECS,
+    Figure,
+    format_value,
+    median_mad,
+    samples_from,
+)
 
+BUSY_PREFIX = "could not check: "  # a busy record's message; the checklist adds its own
 MAD_TO_SIGMA = 1.4826  # MAD of normal noise times this is its standard deviation
 
 
@@ -27,10 +45,13 @@ class Rule:
     min_runs: int = 3  # fewer than this: no baseline, the run only records
     mad_k: float = 3.0  # band: mad_k robust sigmas ...
     min_rel: float = 0.20  # ... but never narrower than this share of the baseline
+    alpha: float = 0.05  # one-sided Mann-Whitney U against the baseline runs' samples
+    min_test_samples: int = 5  # fewer samples on either side: the band alone decides
 
     def describe(self) -> str:
         return (f"median of the last {self.runs} passing runs (at least {self.min_runs}); band "
-                f"max({self.mad_k:g} x {MAD_TO_SIGMA} x MAD, {self.min_rel:.0%})")
+                f"max({self.mad_k:g} x {MAD_TO_SIGMA} x MAD, {self.min_rel:.0%}); beyond it "
+                f"and one-sided Mann-Whitney U p < {self.alpha:g} against the runs' samples")
 
 
 DEFAULT_RULE = Rule()
@@ -48,6 +69,7 @@ class Comparison:
     mad: float | None = None
     runs: tuple[int, ...] = ()
     note: str | None = None
+    p_value: float | None = None  # one-sided Mann-Whitney U in the direction of the change
 
     @property
     def label(self) -> str:
@@ -70,33 +92,40 @@ class Comparison:
         change = self.change or 0.0
         word = {"regression": "worse than", "improvement": "better than"}.get(self.verdict,
                                                                               "within")
+        test = f"; Mann-Whitney p={self.p_value:.2g}" if self.p_value is not None else ""
+        note = f"; {self.note}" if self.note else ""
         return (f"{self.label} {format_value(self.name, self.value)} is {change:+.0%}, "
                 f"{word} its baseline {format_value(self.name, self.baseline)} "
                 f"± {format_value(self.name, self.band)} (median of runs {runs}; "
-                f"MAD {format_value(self.name, self.mad)})")
+                f"MAD {format_value(self.name, self.mad)}{test}{note})")
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "label": self.label, "value": self.value,
                 "verdict": self.verdict, "baseline": self.baseline, "band": self.band,
                 "mad": self.mad, "change": self.change, "runs": list(self.runs),
-                "note": self.note}
+                "note": self.note, "p_value": self.p_value}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Comparison:
+        p = raw.get("p_value")
         return cls(str(raw["name"]), raw.get("value"), str(raw.get("verdict")),
                    raw.get("baseline"), raw.get("band"), raw.get("mad"),
-                   tuple(int(r) for r in raw.get("runs") or ()), raw.get("note"))
+                   tuple(int(r) for r in raw.get("runs") or ()), raw.get("note"),
+                   float(p) if isinstance(p, int | float) and not isinstance(p, bool) else None)
 
 
 @dataclass(frozen=True)
 class PerfVerdict:
     """The check of one record: fail on any regression, pass when something was compared,
-    recorded when nothing could be."""
+    recorded when nothing could be, busy when the host was too busy for the figures to be
+    judged (never a failure, never a pass, never a baseline)."""
 
-    status: str  # fail | pass | recorded
+    status: str  # fail | pass | recorded | busy
     comparisons: list[Comparison]
     baseline_runs: list[dict[str, Any]] = field(default_factory=list)
     rule: Rule = DEFAULT_RULE
+    host: str | None = None  # the host's conditions over the measurement, for people
+    busy: str | None = None  # why the host was too busy (status busy)
 
     @property
     def regressions(self) -> list[Comparison]:
@@ -123,10 +152,17 @@ class PerfVerdict:
 
     def message(self) -> str:
         missing = self.unmeasured()
-        tail = f" [not measured: {missing}]" if missing else ""
+        tail = (f" [not measured: {missing}]" if missing else "") + (
+            f" [host: {self.host}]" if self.host else "")
+        if self.status == "busy":
+            figs = "; ".join(c.describe() for c in self.comparisons
+                             if c.verdict not in ("unavailable", "not judged"))
+            return (f"{BUSY_PREFIX}host busy ({self.busy}); the figures, not judged: "
+                    f"{figs or 'none'}{tail}")
         if self.status == "fail":
             head = "; ".join(c.describe() for c in self.regressions)
-            return f"performance regression: {head} [baseline runs: {self.runs_line()}]"
+            return (f"performance regression: {head} [baseline runs: {self.runs_line()}]"
+                    + tail)
         if self.status == "recorded":
             return (f"recorded only: fewer than {self.rule.min_runs} earlier passing runs with "
                     f"this fingerprint ({len(self.baseline_runs)} so far){tail}")
@@ -138,7 +174,8 @@ class PerfVerdict:
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "message": self.message(),
                 "rule": {"runs": self.rule.runs, "min_runs": self.rule.min_runs,
-                         "mad_k": self.rule.mad_k, "min_rel": self.rule.min_rel},
+                         "mad_k": self.rule.mad_k, "min_rel": self.rule.min_rel,
+                         "alpha": self.rule.alpha, "test": "one-sided Mann-Whitney U"},
                 "baseline_runs": self.baseline_runs,
                 "comparisons": [c.to_json() for c in self.comparisons]}
 
@@ -161,9 +198,47 @@ def compare_figure(fig: Figure | None, name: str, history: Sequence[Any],
     base, mad = median_mad([v for _, v in pairs])
     band = max(rule.mad_k * MAD_TO_SIGMA * mad, rule.min_rel * abs(base))
     worse = fig.value - base if spec.better == "lower" else base - fig.value
-    verdict = "regression" if worse > band else "improvement" if -worse > band else "ok"
-    return Comparison(name, fig.value, verdict, base, band, mad,
-                      tuple(sorted(r for r, _ in pairs)))
+    runs = tuple(sorted(r for r, _ in pairs))
+    if abs(worse) <= band:
+        return Comparison(name, fig.value, "ok", base, band, mad, runs)
+    pooled = [x for run in history for x in run_samples(run, name)]
+    # "worse" for a lower-is-better figure means this run's samples are greater
+    greater = (worse > 0) == (spec.better == "lower")
+    p = rank_test(fig.samples, pooled, greater, rule.min_test_samples)
+    verdict = "regression" if worse > 0 else "improvement"
+    if p is None:  # records without their samples (older than perf/2): never a failure
+        return Comparison(name, fig.value, "ok", base, band, mad, runs,
+                          note=f"beyond the band, but {len(fig.samples)} sample(s) here and "
+                               f"{len(pooled)} in the baseline runs: {rule.min_test_samples} "
+                               "needed each for the rank test")
+    if p >= rule.alpha:
+        return Comparison(name, fig.value, "ok", base, band, mad, runs,
+                          note=f"beyond the band but not significant (p={p:.2g} >= "
+                               f"{rule.alpha:g}): noise", p_value=p)
+    return Comparison(name, fig.value, verdict, base, band, mad, runs, p_value=p)
+
+
+def run_samples(run: Any, name: str) -> tuple[float, ...]:
+    """A stored run's samples of one figure: on the figure, else in its check's `samples`
+    (where the store keeps them: `perf/session.py`)."""
+    fig = run.figures.get(name)
+    if fig is not None and fig.samples:
+        return tuple(fig.samples)
+    kept = (getattr(run, "check", None) or {}).get("samples")
+    return samples_from(kept.get(name)) if isinstance(kept, dict) else ()
+
+
+def rank_test(here: Sequence[float], baseline: Sequence[float], greater: bool,
+              min_samples: int = 5) -> float | None:
+    """One-sided Mann-Whitney U p-value that `here` ranks above (`greater`) or below the
+    baseline samples; None with too few samples on either side."""
+    if len(here) < min_samples or len(baseline) < min_samples:
+        return None
+    from scipy.stats import mannwhitneyu  # lazy: only a run that left its band pays the import
+
+    res = mannwhitneyu(list(here), list(baseline),
+                       alternative="greater" if greater else "less", method="auto")
+    return float(res.pvalue)
 
 
 def compare(figures: Mapping[str, Figure], history: Sequence[Any],

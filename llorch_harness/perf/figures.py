@@ -9,18 +9,20 @@ with the reason, never as numbers, and the per-token figure is the request time 
 log's `tokens_generated` (token events are pieces, not tokens).
 
 Every figure is a median over at least `MIN_SAMPLES` samples with its spread (the median
-absolute deviation, MAD), so one slow request cannot move it.
+absolute deviation, MAD), so one slow request cannot move it; the samples themselves are
+kept, so that the regression rule can rank this run's samples against its baseline's.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-MIN_SAMPLES = 3
+MIN_SAMPLES = 5  # repetitions per figure per run: enough for a rank test (baseline.py)
 # A request counts as streamed when its events arrived spread over at least this share of
 # the time until the last one (and at least STREAM_MIN_S): the CP3 worker's one write
 # arrives within microseconds; a streaming worker's `started` comes before the generation.
@@ -71,6 +73,7 @@ class Figure:
     spread: float | None = None
     n: int = 0
     note: str | None = None  # why unavailable; or what was measured (RSS, VRAM, ...)
+    samples: tuple[float, ...] = ()  # the raw samples the median came from
 
     @property
     def available(self) -> bool:
@@ -82,12 +85,26 @@ class Figure:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "value": self.value, "spread": self.spread, "n": self.n,
-                "unit": self.spec.unit, "note": self.note}
+                "unit": self.spec.unit, "note": self.note, "samples": list(self.samples)}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Figure:
         return cls(str(raw["name"]), _num(raw.get("value")), _num(raw.get("spread")),
-                   int(raw.get("n") or 0), raw.get("note") if raw.get("note") else None)
+                   int(raw.get("n") or 0), raw.get("note") if raw.get("note") else None,
+                   samples_from(raw.get("samples")))
+
+
+def samples_from(raw: Any) -> tuple[float, ...]:
+    """Samples read back (a store's JSON text or an export's list); anything else: none."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return ()
+    if not isinstance(raw, list):
+        return ()
+    values = [_num(v) for v in raw]
+    return tuple(v for v in values if v is not None)
 
 
 def _num(value: Any) -> float | None:
@@ -114,7 +131,7 @@ def summarise(name: str, samples: Sequence[float], *, note: str | None = None,
         return unavailable(name, f"{len(values)} sample(s), at least {min_samples} needed"
                            + (f" ({note})" if note else ""))
     med, mad = median_mad(values)
-    return Figure(name, med, mad, len(values), note)
+    return Figure(name, med, mad, len(values), note, tuple(values))
 
 
 # --------------------------------------------------------------------------- one request
@@ -232,7 +249,7 @@ class Measurement:
     load_s: list[float] = field(default_factory=list)
     timings: list[RequestTiming] = field(default_factory=list)
     memory_ready: list[float] = field(default_factory=list)
-    memory_peak: float | None = None
+    memory_peak: list[float] = field(default_factory=list)  # one peak per worker life
     memory_kind: str | None = None  # "RSS" | "VRAM"; None: memory not measurable here
     memory_why: str | None = None
     overhead_s: float | None = None
@@ -245,9 +262,9 @@ class Measurement:
         out["memory_ready"] = (summarise("memory_ready", self.memory_ready, note=kind,
                                          min_samples=min_samples)
                                if kind else unavailable("memory_ready", why))
-        out["memory_peak"] = (Figure("memory_peak", self.memory_peak, None, 1, kind)
-                              if kind and self.memory_peak is not None
-                              else unavailable("memory_peak", why))
+        out["memory_peak"] = (summarise("memory_peak", self.memory_peak, note=kind,
+                                        min_samples=min_samples)
+                              if kind else unavailable("memory_peak", why))
         if self.overhead_s is not None:
             out["harness_overhead_s"] = Figure("harness_overhead_s", self.overhead_s, None, 1)
         return {n: out[n] for n in SPECS if n in out}

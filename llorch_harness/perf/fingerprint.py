@@ -14,24 +14,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: every load answers its warm-up and measured requests
 NOT_IN_KEY = ("worker_binary_sha256",)  # what a baseline may differ in
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """How a gate run measures: loads, a warm-up request (excluded), measured requests."""
+    """How a gate run measures: `loads` fresh workers one after the other, each answering
+    `warmups` requests (excluded) and then `requests` measured ones, so every figure has
+    at least 5 samples, from 5 worker lives (figures.MIN_SAMPLES)."""
 
     prompt: str = "Hello, how are you?"  # the seed's request
     max_tokens: int = 20  # the seed's request
-    requests: int = 5
-    loads: int = 3
-    warmups: int = 1
+    requests: int = 2  # per load
+    loads: int = 5
+    warmups: int = 1  # per load
 
     def label(self, parallel: int = 1) -> str:
         digest = hashlib.sha256(self.prompt.encode("utf-8")).hexdigest()[:8]
         return (f"perf/{PROTOCOL_VERSION} loads={self.loads} warmups={self.warmups} "
-                f"requests={self.requests} max_tokens={self.max_tokens} prompt={digest} "
+                f"requests={self.requests}/load max_tokens={self.max_tokens} prompt={digest} "
                 f"greedy parallel={parallel}")
 
 

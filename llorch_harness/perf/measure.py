@@ -1,13 +1,16 @@
-"""Measure one worker build the same way every run: loads, a warm-up, measured requests.
+"""Measure one worker build the same way every run: fresh workers, each with a warm-up and
+measured requests.
 
 Why a fixed protocol (`fingerprint.Protocol`): figures are comparable across runs only
 when they come from the same requests. Each load spawns a fresh worker (spawn to ready is
-the load time; memory is read once it is ready), the last one then answers one warm-up
-request (excluded: first-request costs are not decoding speed) and `requests` measured
-greedy requests of the same prompt. Memory: VRAM on cuda (nvidia-smi, per process), RSS
-elsewhere; the peak is the kernel's high-water mark where Linux has one (VmHWM), else the
-largest sample. The harness's own overhead is the measuring time not spent waiting for
-the worker (spawning, requests, stopping).
+the load time; memory is read once it is ready), which then answers a warm-up request
+(excluded: first-request costs are not decoding speed) and `requests` measured greedy
+requests of the same prompt; its peak memory is read before it stops. Every figure thus has
+one sample per worker life at least (5 lives by default), the repetitions the regression
+rule's rank test needs. Memory: VRAM on cuda (nvidia-smi, per process), RSS elsewhere; the
+peak is the kernel's high-water mark where Linux has one (VmHWM), else the largest sample.
+The harness's own overhead is the measuring time not spent waiting for the worker
+(spawning, requests, stopping).
 """
 
 from __future__ import annotations
@@ -133,18 +136,18 @@ def measure(spawn: Callable[[int], Any], stop: Callable[[Any], Any], backend: st
     handle = None
     try:
         for i in range(protocol.loads):
-            if handle is not None:
-                with clock.waiting():
-                    stop(handle)
-                handle = None
             with clock.waiting():
                 handle = spawn(i)
             if handle.ready_seconds:
                 m.load_s.append(float(handle.ready_seconds))
-            _sample(m, handle.pid, backend, ready=True)
-        assert handle is not None
-        _requests(m, handle, protocol, clock, backend)
-        _peak(m, handle.pid, backend)
+            peak = _sample(m, handle.pid, backend, ready=True)
+            peak = _requests(m, handle, protocol, clock, backend, i, peak)
+            peak = _peak(handle.pid, backend, peak)
+            if peak is not None:
+                m.memory_peak.append(peak)
+            with clock.waiting():
+                stop(handle)
+            handle = None
     finally:
         if handle is not None:
             with clock.waiting():
@@ -154,32 +157,36 @@ def measure(spawn: Callable[[int], Any], stop: Callable[[Any], Any], backend: st
 
 
 def _requests(m: Measurement, handle: Any, protocol: Protocol, clock: _Clock,
-              backend: str) -> None:
+              backend: str, load: int, peak: float | None) -> float | None:
     for w in range(protocol.warmups):
         with clock.waiting():
-            run_request(handle, protocol, f"warmup{w}")
+            run_request(handle, protocol, f"warmup{w}" if load == 0 else f"l{load}warmup{w}")
     for r in range(protocol.requests):
+        n = load * protocol.requests + r
         with clock.waiting():
-            res = run_request(handle, protocol, f"m{r}")
+            res = run_request(handle, protocol, f"m{n}")
         m.timings.append(request_timing(res))
-        _sample(m, handle.pid, backend, ready=False)
+        value = _sample(m, handle.pid, backend, ready=False)
+        if value is not None:
+            peak = value if peak is None else max(peak, value)
+    return peak
 
 
-def _sample(m: Measurement, pid: int, backend: str, *, ready: bool) -> None:
+def _sample(m: Measurement, pid: int, backend: str, *, ready: bool) -> float | None:
     value = memory_now(pid, backend)
     if value is None:
         m.memory_why = (f"{memory_kind(backend)} of pid {pid} not readable"
                         + (" (nvidia-smi lists no compute process for it)"
                            if backend == "cuda" else ""))
-        return
+        return None
     if ready:
         m.memory_ready.append(value)
-    m.memory_peak = value if m.memory_peak is None else max(m.memory_peak, value)
+    return value
 
 
-def _peak(m: Measurement, pid: int, backend: str) -> None:
-    if backend == "cuda" or m.memory_peak is None:
-        return
+def _peak(pid: int, backend: str, peak: float | None) -> float | None:
+    """This worker life's peak: the largest sample, raised to Linux's VmHWM for RSS."""
+    if backend == "cuda" or peak is None:
+        return peak
     hwm = rss_high_water(pid)
-    if hwm is not None:
-        m.memory_peak = max(m.memory_peak, hwm)
+    return peak if hwm is None else max(peak, hwm)

@@ -15,7 +15,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,14 @@ from llorch_harness.perf.fingerprint import (
     Protocol,
     baseline_key,
     fingerprint,
+)
+from llorch_harness.perf.hostload import (
+    DEFAULT_CPU_SHARE,
+    DEFAULT_QUIET_WAIT_S,
+    BusyPolicy,
+    HostConditions,
+    HostWindow,
+    wait_for_quiet,
 )
 from llorch_harness.perf.runkey import RUN_KEY, ran_perf, run_key
 from llorch_harness.perf.store import DEFAULT_NAME, NewRun, ResultsStore, check_target
@@ -76,6 +84,25 @@ def gate_fingerprint(lab: Any, backend: str, handle: Any, model_id: str,
 
 
 @dataclass
+class Attempt:
+    """One measurement and the host's conditions over it (None: not watched)."""
+
+    figures: dict[str, Figure]
+    host: HostConditions | None = None
+    waited_s: float = 0.0  # spent waiting for quiet before it (or, busy, in vain after it)
+    quiet_probe: HostConditions | None = None  # the last probe of that wait
+
+    @property
+    def busy(self) -> bool:
+        return self.host is not None and self.host.busy
+
+    def to_json(self) -> dict[str, Any]:
+        return {"host": self.host.to_json() if self.host else None,
+                "waited_for_quiet_s": round(self.waited_s, 2),
+                "quiet_probe": self.quiet_probe.to_json() if self.quiet_probe else None}
+
+
+@dataclass
 class PerfOutcome:
     """What the gate item shows: the record, its check, where to look."""
 
@@ -85,7 +112,12 @@ class PerfOutcome:
     figures: dict[str, Figure]
     verdict: PerfVerdict
     store_s: float  # the store's and the check's own time (recording cost)
-    measurements: int = 1  # 2 when a suspected regression was measured again
+    measurements: int = 1  # more when the host was busy or a regression was confirmed
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        return self.verdict.status == "busy"
 
     @property
     def where(self) -> str:
@@ -99,47 +131,104 @@ class PerfOutcome:
                 "message": self.verdict.message(), "store_and_check_s": round(self.store_s, 4),
                 "measurements": self.measurements,
                 "figures": {n: f.value for n, f in self.figures.items()},
-                "unavailable": {n: f.note for n, f in self.figures.items() if f.value is None}}
+                "unavailable": {n: f.note for n, f in self.figures.items() if f.value is None},
+                "host": [a.to_json() for a in self.attempts]}
 
 
-def record_and_check(db: Path, key: str, fp: dict[str, Any], figures: dict[str, Figure],
-                     rule: Rule = DEFAULT_RULE,
-                     remeasure: Callable[[], dict[str, Figure]] | None = None) -> PerfOutcome:
-    """Compare with the baseline, then append the record with its verdict.
+Take = Callable[[], Attempt]
+Wait = Callable[[], "tuple[bool, HostConditions | None, float]"]
 
-    A suspected regression is measured once more (`remeasure`) and fails only when the
-    better of the two measurements is still beyond the band: a burst of load on the pool
-    during one measurement is not a slower build; a slower build is slow both times.
+
+def _quietly(take: Take, wait: Wait | None) -> list[Attempt]:
+    """Measure; on a busy host wait (bounded) for quiet and measure once more. The last
+    attempt decides: still busy means the figures cannot be judged."""
+    first = take()
+    if not first.busy or wait is None:
+        return [first]
+    quiet, probe, waited = wait()
+    if not quiet:
+        first.waited_s, first.quiet_probe = waited, probe
+        return [first]
+    second = take()
+    second.waited_s, second.quiet_probe = waited, probe
+    return [first, second]
+
+
+def _judged(attempt: Attempt, history: list[Any], rule: Rule) -> PerfVerdict:
+    verdict = compare(attempt.figures, history, rule)
+    host = attempt.host.describe() if attempt.host else None
+    if attempt.busy:
+        assert attempt.host is not None
+        waited = (f"; waited {attempt.waited_s:.0f} s for quiet in vain"
+                  if attempt.waited_s else "")
+        return replace(verdict, status="busy", host=host,
+                       busy="; ".join(attempt.host.busy_reasons) + waited)
+    return replace(verdict, host=host)
+
+
+def check_measured(db: Path, key: str, fp: dict[str, Any], take: Take,
+                   wait: Wait | None = None, rule: Rule = DEFAULT_RULE) -> PerfOutcome:
+    """Measure (`take`), judge against the baseline, then append the record.
+
+    A busy host is waited for (`wait`, bounded) and measured again; still busy, the record
+    is `busy`: could not check, with the figures, never a failure and never a baseline. A
+    suspected regression on a quiet host is measured once more the same way and fails only
+    when the better of the two is still a regression: a burst of load the host conditions
+    missed is not a slower build; a slower build is slow both times.
     """
     t0 = time.perf_counter()
     bkey = baseline_key(fp)
     with ResultsStore.open(db) as store:
         history = store.baseline_runs(bkey, exclude_run_key=key, limit=rule.runs)
-    verdict = compare(figures, history, rule)
     spent = time.perf_counter() - t0
-    measured = 1
-    if verdict.status == "fail" and remeasure is not None:
-        figures = best_of(figures, remeasure())
-        measured = 2
-        verdict = compare(figures, history, rule)
+    attempts = _quietly(take, wait)
+    last = attempts[-1]
+    figures = last.figures
+    verdict = _judged(last, history, rule)
+    if verdict.status == "fail":
+        more = _quietly(take, wait)
+        attempts += more
+        confirm = more[-1]
+        figures = best_of(figures, confirm.figures)
+        verdict = _judged(replace(confirm, figures=figures), history, rule)
     t1 = time.perf_counter()
+    check = {**verdict.to_json(), "measurements": len(attempts),
+             "host": [a.to_json() for a in attempts]}  # the store adds the samples
     with ResultsStore.open(db) as store:
         rid = store.record(NewRun(run_key=key, pool=fp["pool"], model=fp["model"],
                                   backend=fp["backend"], baseline_key=bkey,
                                   binary_sha256=fp.get("worker_binary_sha256"), fingerprint=fp,
-                                  status=verdict.status, figures=figures,
-                                  check={**verdict.to_json(), "measurements": measured}))
+                                  status=verdict.status, figures=figures, check=check))
     spent += time.perf_counter() - t1
-    return PerfOutcome(rid, db, fp, figures, verdict, spent, measured)
+    return PerfOutcome(rid, db, fp, figures, verdict, spent, len(attempts), attempts)
+
+
+def record_and_check(db: Path, key: str, fp: dict[str, Any], figures: dict[str, Figure],
+                     rule: Rule = DEFAULT_RULE,
+                     remeasure: Callable[[], dict[str, Figure]] | None = None,
+                     host: HostConditions | None = None) -> PerfOutcome:
+    """`check_measured` for figures already measured (and `remeasure` to confirm)."""
+    given = [Attempt(figures, host)]
+
+    def take() -> Attempt:
+        if given:
+            return given.pop()
+        if remeasure is None:
+            return Attempt(figures, host)  # nothing to confirm with: the same figures
+        return Attempt(remeasure())
+
+    return check_measured(db, key, fp, take, None, rule)
 
 
 def measure_and_check(config: pytest.Config, lab: Any, pool_paths: Any, factory: Any,
                       backend: str, protocol: Protocol = DEFAULT_PROTOCOL) -> PerfOutcome:
-    """The gate item's body: measure fresh workers of `backend`, record, compare."""
+    """The gate item's body: measure fresh workers of `backend` while watching the host,
+    record, compare."""
     from llorch_harness.perf.measure import measure
     from llorch_harness.pool.catalog import read_catalog
 
     db = db_path(lab.settings.results_db, Path(pool_paths.root))
+    policy = busy_policy(lab.settings)
     handles: list[Any] = []
 
     def spawn(i: int) -> Any:
@@ -147,17 +236,36 @@ def measure_and_check(config: pytest.Config, lab: Any, pool_paths: Any, factory:
         handles.append(handle)
         return handle
 
-    def again() -> dict[str, Figure]:
-        return measure(spawn, factory.stop, backend, protocol).figures()
+    gpu = int(getattr(factory, "gpu", 0) or 0)
 
-    figures = again()
+    def take() -> Attempt:
+        window = HostWindow(policy, backend, gpu)
+        with window.watching():
+            figures = measure(spawn, factory.stop, backend, protocol).figures()
+        return Attempt(figures, window.conditions)
+
+    def wait() -> tuple[bool, HostConditions | None, float]:
+        return wait_for_quiet(policy, backend, gpu)
+
+    first = take()
     entry = read_catalog(pool_paths).find(factory.model_id)
     revision = entry.metadata.get("revision") if entry is not None else None
     gm = factory.gate_model
     fp = gate_fingerprint(lab, backend, handles[-1], factory.model_id,
                           gm.file_hashes if gm is not None else {},
                           str(revision) if revision else None, protocol)
-    return record_and_check(db, run_key(config), fp, figures, remeasure=again)
+    given = [first]
+    return check_measured(db, run_key(config), fp,
+                          lambda: given.pop() if given else take(), wait)
+
+
+def busy_policy(settings: Any) -> BusyPolicy:
+    """--perf-busy-share and --perf-quiet-wait (env, ini) over the defaults."""
+    share = getattr(settings, "perf_busy_share", None)
+    wait = getattr(settings, "perf_quiet_wait", None)
+    return BusyPolicy(cpu_share=float(share) if share else DEFAULT_CPU_SHARE,
+                      gpu_share=float(share) if share else DEFAULT_CPU_SHARE,
+                      quiet_wait_s=float(wait) if wait is not None else DEFAULT_QUIET_WAIT_S)
 
 
 # --------------------------------------------------------------------------- run's end

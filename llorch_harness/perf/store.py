@@ -225,7 +225,7 @@ class ResultsStore:
                 (run.run_key, run.recorded_at or now_iso(), run.pool, run.model, run.backend,
                  run.baseline_key, run.binary_sha256, json.dumps(dict(run.fingerprint),
                                                                  sort_keys=True),
-                 run.status, json.dumps(dict(run.check)) if run.check is not None else None))
+                 run.status, _check_json(run)))
             run_id = int(cur.lastrowid or 0)
             self.conn.executemany(
                 "INSERT INTO figures (run_id, name, value, spread, n, unit, note) "
@@ -325,6 +325,18 @@ class ResultsStore:
         """`PRAGMA integrity_check`: "ok" for a sound file."""
         with self._errors("check integrity"):
             return str(self.conn.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _check_json(run: NewRun) -> str | None:
+    """The check as stored, with every figure's samples under `samples` (name -> list):
+    the regression rule's rank test reads the baseline runs' samples from there."""
+    samples = {f.name: list(f.samples) for f in run.figures.values() if f.samples}
+    if run.check is None and not samples:
+        return None
+    check = dict(run.check or {})
+    if samples:
+        check["samples"] = samples
+    return json.dumps(check)
 
 
 def _list(values: Sequence[str]) -> str:

@@ -113,6 +113,13 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("--no-perf-gate", "llorch_no_perf_gate", "LLORCH_NO_PERF_GATE",
                "skip the \"No performance regression\" item (shown as skipped): no "
                "performance is measured, recorded or compared", kind="bool"),
+    OptionSpec("--perf-busy-share", "llorch_perf_busy_share", "LLORCH_PERF_BUSY_SHARE",
+               "the host counts as busy for \"No performance regression\" when other processes "
+               "use more than this share of the cores or the GPU (default 0.25; 1 turns the "
+               "CPU criterion off)", kind="float", metavar="F"),
+    OptionSpec("--perf-quiet-wait", "llorch_perf_quiet_wait", "LLORCH_PERF_QUIET_WAIT",
+               "seconds a busy host is waited for before the performance item is \"could not "
+               "check (host busy)\" (default 30)", kind="float", metavar="S"),
 )
 
 BACKEND_NAMES: tuple[str, ...] = backends.BACKEND_NAMES  # the one table: pool/backends.py
@@ -202,6 +209,8 @@ class Settings:
     reference_top_k: int = DEFAULT_TOP_K
     results_db: str | None = None
     no_perf_gate: bool = False
+    perf_busy_share: float | None = None
+    perf_quiet_wait: float | None = None
     lease_dir: str | None = None
     lease_wait: float | None = None
 
@@ -217,6 +226,7 @@ _SETTING_FOR_DEST = {
     "llorch_golden_min_prefix": "golden_min_prefix", "llorch_reference": "reference",
     "llorch_reference_delta": "reference_delta", "llorch_reference_top_k": "reference_top_k",
     "llorch_results_db": "results_db", "llorch_no_perf_gate": "no_perf_gate",
+    "llorch_perf_busy_share": "perf_busy_share", "llorch_perf_quiet_wait": "perf_quiet_wait",
     "llorch_lease_dir": "lease_dir", "llorch_lease_wait": "lease_wait",
 }
 
