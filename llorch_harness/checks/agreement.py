@@ -118,7 +118,9 @@ class ReferenceRunner:
         alignment = self.aligner.align(prompt_ids, res.text, generated)
         details.update({"max_gap": round(alignment.max_gap, 4),
                         "worker_token_ids": alignment.ids,
-                        "forward_passes": alignment.forward_passes})
+                        "forward_passes": alignment.forward_passes,
+                        "readings_expanded": alignment.expansions,
+                        "search_bounded": alignment.bounded})
         problem = (self._token_problem(alignment, label, prompt)
                    or self._count_problem(alignment, generated, label)
                    or self._end_problem(prompt_ids, alignment, max_tokens, label))
@@ -139,11 +141,28 @@ class ReferenceRunner:
         if step is None:
             if alignment.complete:
                 return None
-            return f"{label}: {alignment.failure_text or 'the text could not be aligned'}"
+            what = alignment.failure_text or "the text could not be aligned"
+            if alignment.why and alignment.steps:
+                what = (f"{alignment.why} after {len(alignment.steps)} tokens; worker's text "
+                        f"there {alignment.failure_text!r}")
+            return f"{label}: {what}; {self._furthest(alignment)}"
+        return (f"{label}: no reading of the worker's text stays within the reference's margin; "
+                f"along the furthest, the worker's token at position {step.position} is outside "
+                f"the reference's margin: {self._describe(step)}; "
+                f"worker's text there {alignment.failure_text!r}; reference's candidates there "
+                f"{self._candidates(alignment)}; {self._furthest(alignment)}; prompt "
+                f"{prompt[:80]!r}; reference {self.ref.identity.label()}")
+
+    def _candidates(self, alignment: Alignment) -> str:
+        return ", ".join(f"{self.token_text(tok)!r} (id {tok}, gap {gap:.3f} sigma)"
+                         for tok, gap in alignment.candidates[:max(self.k, 5)])
+
+    def _furthest(self, alignment: Alignment) -> str:
         so_far = self.text_of(alignment.ids)
-        return (f"{label}: the worker's token at position {step.position} is outside the "
-                f"reference's margin: {self._describe(step)}; prompt {prompt[:80]!r}; text so "
-                f"far {so_far[-_TEXT_SHOWN:]!r}; reference {self.ref.identity.label()}")
+        bound = " (stopped at the search's bound)" if alignment.bounded else ""
+        return (f"reading searched furthest{bound}: {len(alignment.ids)} tokens {alignment.ids}, "
+                f"text so far {so_far[-_TEXT_SHOWN:]!r}; search cost {alignment.forward_passes} "
+                f"forward passes, {alignment.expansions} readings")
 
     def _count_problem(self, alignment: Alignment, generated: int | None, label: str
                        ) -> str | None:

@@ -3,11 +3,12 @@
 The real worker streams detokenizer pieces, not token ids: one piece may hold several
 tokens, special tokens are invisible, a half UTF-8 character waits for the next token.
 To judge each generated token against the reference we need the ids. The bytes are
-exact, so the ids are recovered by walking the worker's bytes: at each position the
-reference's own candidates (top-k within a logit gap) that spell the next bytes are
-tried first, then the canonical tokenization of the rest. Where no acceptable
-candidate spells the next bytes, that position is where the worker parted from the
-reference.
+exact, so the ids are recovered by a search over the readings of the worker's bytes
+(`alignsearch`): at each position every candidate of the reference within the margin that
+spells the next bytes (or, where the log's count requires it, an invisible special token)
+is a branch, and the reading the reference finds most plausible wins. Where no reading
+within the margin spells the text, the furthest one shows where the worker parted from
+the reference.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from llorch_harness.bytelevel import bytes_to_unicode
+from llorch_harness.checks.alignsearch import (
+    Reading,
+    Search,
+    SearchBounds,
+    SearchResult,
+    fewest_tokens,
+)
 
 REPLACEMENT = "\ufffd".encode()
 
@@ -77,13 +85,18 @@ class Step:
 
 @dataclass
 class Alignment:
-    """The worker's tokens as the reference saw them, or where they parted."""
+    """The worker's tokens as the reference saw them, or where the furthest reading parted
+    (then `steps` is that reading, `failure` its next token, `candidates` the reference's)."""
 
     steps: list[Step] = field(default_factory=list)
     failure: Step | None = None  # the first token outside the margin
     failure_text: str | None = None  # what the worker wrote there
     complete: bool = False  # every byte of the worker's text was accounted for
     forward_passes: int = 0
+    expansions: int = 0  # readings the search expanded
+    bounded: bool = False  # the search stopped at its bound before deciding
+    why: str | None = None  # why the furthest reading could not go on
+    candidates: list[tuple[int, float]] = field(default_factory=list)  # (id, gap in sigma)
 
     @property
     def ids(self) -> list[int]:
@@ -111,7 +124,10 @@ def judge(row: np.ndarray, token_id: int) -> Step:
 
 
 class Aligner:
-    """Walks the worker's bytes with a reference's logits; `logits(ids)` is one forward pass."""
+    """Reads the worker's bytes with a reference's logits; `logits(ids)` is one forward pass.
+
+    `align` searches every reading within the margin (`alignsearch`), most plausible first.
+    """
 
     def __init__(self, tokenizer: Tokenizer, table: list[bytes],
                  logits: Callable[[list[int]], np.ndarray], *, delta: float, k: int) -> None:
@@ -124,7 +140,7 @@ class Aligner:
 
     def _spells(self, rest: bytes, token_id: int, first: bool = False) -> int | None:
         """How many of `rest`'s bytes `token_id` spells, or None if it does not (`first`:
-        the first generated token, whose leading space the decoder may have dropped)."""
+        the first generated text, whose leading space the decoder may have dropped)."""
         tb = self.table[token_id] if 0 <= token_id < len(self.table) else b""
         if tb and rest.startswith(tb):
             return len(tb)
@@ -136,6 +152,9 @@ class Aligner:
             return len(REPLACEMENT)
         return None
 
+    def _invisible(self, token_id: int) -> bool:
+        return 0 <= token_id < len(self.table) and not self.table[token_id]
+
     def _canonical(self, rest: bytes) -> list[int]:
         try:
             text = rest.decode("utf-8")
@@ -143,83 +162,76 @@ class Aligner:
             return []  # starts inside a character: only the candidates can continue it
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids) if text else []
 
-    def _candidate(self, row: np.ndarray, rest: bytes, allow_invisible: bool,
-                   first: bool = False) -> tuple[int, int] | None:
-        """The best acceptable candidate that spells the next bytes (or is invisible)."""
-        order = np.argsort(-row, kind="stable")[: self.k]  # each is within rank k
-        best, spread = float(row[order[0]]), float(np.std(row))  # once per row, not per token
-        for cand in (int(c) for c in order):
-            gap = best - float(row[cand])
-            if (gap / spread if spread > 0 else 0.0) > self.delta:
-                break
-            n = self._spells(rest, cand, first)
-            if n:
-                return cand, n
-            if allow_invisible and not self.table[cand]:
-                return cand, 0
-        return None
+    def _search(self, prompt_ids: list[int], data: bytes, n_tokens: int | None,
+                bounds: SearchBounds) -> SearchResult:
+        fewest = fewest_tokens(data, self.table, self.strip, REPLACEMENT) \
+            if n_tokens is not None else [0.0] * (len(data) + 1)
+        return Search(data, n_tokens, self._spells, self._invisible, self.logits,
+                      tuple(prompt_ids), self._canonical, self.delta, self.k, bounds,
+                      fewest).run()
 
-    def align(self, prompt_ids: list[int], text: str, n_tokens: int | None) -> Alignment:
+    def align(self, prompt_ids: list[int], text: str, n_tokens: int | None,
+              bounds: SearchBounds | None = None) -> Alignment:
         """Recover the worker's ids for `text`; `n_tokens` (the log's count) lets invisible
-        special tokens be placed where the reference expected them."""
-        data = text.encode()
+        special tokens stand where the count requires them, and nowhere else."""
         out = Alignment()
-        ids: list[int] = []
-        pos = 0
-        guess = self._canonical(data)
-        limit = len(data) + (n_tokens or 0) + 2
-        while out.forward_passes < limit:
-            rows = self.logits(prompt_ids + ids + guess)
-            out.forward_passes += 1
-            base = len(prompt_ids) + len(ids) - 1
-            restart = False
-            for j in range(len(guess) + 1):
-                row = rows[base + j]
-                rest = data[pos:]
-                want_more = n_tokens is not None and len(ids) < n_tokens
-                if not rest and not want_more:
-                    out.complete = True
-                    return out
-                tok = guess[j] if j < len(guess) else None
-                # the reference's own best reading of the next bytes wins over the canonical
-                # split: a correct worker generated exactly that token
-                found = self._candidate(row, rest, allow_invisible=want_more,
-                                        first=pos == 0 and not ids)
-                if found is None and not rest:
-                    out.complete = True  # text accounted for; the caller compares the counts
-                    return out
-                if found is None:
-                    self._fail(out, ids, row, tok, rest)
-                    return out
-                cand, n = found
-                self._take(out, ids, row, cand)
-                pos += n
-                if cand == tok:
-                    continue  # the canonical split agrees: the rows after it stay valid
-                guess = self._canonical(data[pos:])
-                restart = True
-                break
-            if not restart:
-                guess = self._canonical(data[pos:])
-        out.failure_text = "the alignment did not converge"
+        if not prompt_ids:
+            out.failure_text = "the prompt encodes to no tokens: nothing predicts the first token"
+            return out
+        data = text.encode()
+        bounds = bounds or SearchBounds.for_stream(len(data), n_tokens)
+        res = self._search(prompt_ids, data, n_tokens, bounds)
+        out.forward_passes, out.expansions = res.passes, res.expansions
+        if res.found is not None:
+            return self._reading(out, res.found, complete=True)
+        if res.spelled_all is None and n_tokens is not None and not res.bounded:
+            # no reading has the log's count: is there one with another count? (then the
+            # count is the problem, said as such by the caller)
+            free = self._search(prompt_ids, data, None, bounds)
+            out.forward_passes += free.passes
+            out.expansions += free.expansions
+            if free.found is not None:
+                return self._reading(out, free.found, complete=True)
+        if res.spelled_all is not None:
+            return self._reading(out, res.spelled_all, complete=True)
+        out.bounded = res.bounded
+        return self._evidence(out, prompt_ids, data, res)
+
+    def _reading(self, out: Alignment, reading: Reading, *, complete: bool) -> Alignment:
+        for position, (tok, top1, gap, sigma, rank) in enumerate(reading.steps):
+            out.steps.append(Step(position, tok, top1, gap, rank, sigma))
+        out.complete = complete
         return out
 
-    def _take(self, out: Alignment, ids: list[int], row: np.ndarray, tok: int) -> None:
-        step = judge(row, tok)
-        step.position = len(ids)
-        out.steps.append(step)
-        ids.append(tok)
-
-    def _fail(self, out: Alignment, ids: list[int], row: np.ndarray, tok: int | None,
-              rest: bytes) -> None:
-        got = tok if tok is not None else self._first_token(rest, row)
-        out.failure = judge(row, got)
-        out.failure.position = len(ids)
+    def _evidence(self, out: Alignment, prompt_ids: list[int], data: bytes,
+                  res: SearchResult) -> Alignment:
+        """The furthest reading and where it stopped: the worker's next token judged on the
+        full row, the reference's candidates there with their gaps."""
+        far = res.furthest
+        if far is None:
+            out.failure_text = (f"the search stopped at its bound ({res.passes} forward passes, "
+                                f"{res.expansions} readings) before any reading failed")
+            return out
+        self._reading(out, far.reading, complete=False)
+        rest = data[far.reading.pos:]
         out.failure_text = rest[:40].decode("utf-8", "replace")
+        out.why = far.why
+        if far.row is None:  # the count ran out with bytes left
+            return out
+        row = self.logits(prompt_ids + list(far.reading.ids))[-1]
+        out.forward_passes += 1
+        got = self._first_token(rest, row)
+        out.failure = judge(row, got)
+        out.failure.position = len(far.reading.ids)
+        out.candidates = [(tok, far.row.sigma(i)) for i, tok in enumerate(far.row.order)]
+        return out
 
     def _first_token(self, rest: bytes, row: np.ndarray) -> int:
-        """The worker's next token when the canonical split gave none: the longest vocabulary
+        """The worker's next token: the canonical split's first, else the longest vocabulary
         entry spelling the next bytes (else the reference's top-1, for an empty tail)."""
+        canonical = self._canonical(rest)
+        if canonical:
+            return canonical[0]
         best, best_len = int(np.argmax(row)), 0
         for i, tb in enumerate(self.table):
             if tb and len(tb) > best_len and rest.startswith(tb):
