@@ -147,17 +147,20 @@ def read_regular_text(path: Path | str, what: str = "file", hint: str | None = N
     return read_regular_bytes(path, what, hint).decode("utf-8")
 
 
-def tail_text(path: Path | str, n: int, window: int = TAIL_WINDOW, what: str = "log") -> str:
+def tail_text(path: Path | str, n: int, window: int = TAIL_WINDOW, what: str = "log",
+              end: int | None = None) -> str:
     """The last `n` lines, reading at most `window` bytes from the end: linear in the window,
     whatever the file's size or line lengths. Lines end at `\\n`, `\\r\\n` or a bare `\\r`
     (a progress bar redrawn with `\\r` is a log without newlines). A line cut by the window
-    start is dropped unless it is all there is. Missing file: "". Not a regular file:
-    NotRegularFileError."""
+    start is dropped unless it is all there is. `end`: the tail up to that offset (a
+    follower that reads on from there then loses and repeats no line). Missing file: "".
+    Not a regular file: NotRegularFileError."""
     if n <= 0:
         return ""
     try:
         with open_regular(path, what) as fh:
-            end = fh.seek(0, os.SEEK_END)
+            size = fh.seek(0, os.SEEK_END)
+            end = size if end is None else min(end, size)
             start = max(0, end - window)
             fh.seek(start)
             data = fh.read(end - start)

@@ -9,7 +9,9 @@ shell wrapper. FAKEWORKER_MODE (comma list) picks the faults:
   ignore_signals        SIGINT and SIGTERM are ignored
   spawn_detached_child  start a grandchild in its own session (setsid) that would outlive us
   slow_bind             callback, then bind 1 s later
-  exit_after_ready      exit FAKEWORKER_EXIT_AFTER s (default 1) after binding
+  exit_after_ready      exit FAKEWORKER_EXIT_AFTER s (default 1) after its first /health
+                        answer: only once the spawner can have seen it ready, however
+                        slow the host (a timer from the bind raced the readiness poll)
 
 By default it speaks the real wire (shared/contract/llorch-candled.md): tracing JSON
 log lines without a target, a narration line per /health, "ready on port" logged
@@ -95,6 +97,8 @@ class Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body are two writes: avoid a 40 ms delayed ACK
     healthy = True
     vram = 0
+    exit_after: float | None = None  # exit_after_ready: armed by the first /health answer
+    _exit_armed = threading.Lock()
 
     def _json(self, status: int, obj: object) -> None:
         data = json.dumps(obj).encode()
@@ -110,6 +114,8 @@ class Handler(BaseHTTPRequestHandler):
             narrate("Health check: healthy" if self.healthy else "Health check: unhealthy")
             self._json(200, {"status": "healthy" if self.healthy else "unhealthy",
                              "vram_bytes": self.vram})
+            if self.exit_after is not None and Handler._exit_armed.acquire(blocking=False):
+                threading.Timer(self.exit_after, lambda: os._exit(0)).start()
         else:
             self._json(404, {"error": "not found"})
 
@@ -179,8 +185,7 @@ def main() -> int:
     server.daemon_threads = True
     log("HTTP server listening", addr=f"{args.host}:{args.port}")
     if "exit_after_ready" in modes:
-        delay = float(os.environ.get("FAKEWORKER_EXIT_AFTER", "1.0"))
-        threading.Timer(delay, lambda: os._exit(0)).start()
+        Handler.exit_after = float(os.environ.get("FAKEWORKER_EXIT_AFTER", "1.0"))
     try:
         server.serve_forever(poll_interval=0.05)
     except KeyboardInterrupt:

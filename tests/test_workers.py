@@ -382,7 +382,8 @@ def test_second_spawn_of_a_live_id_is_refused(pool, bin_dir) -> None:
 
 def test_stop_and_logs_of_unknown_worker(pool) -> None:
     res = cli("worker", "stop", "worker-cpu-7", "--pool-root", str(pool.root))
-    assert res.returncode == 1 and "no worker worker-cpu-7" in one_error_line(res)
+    # docs/workers.md's rule: what is not running needs no stop, and that is success
+    assert res.returncode == 0 and "worker-cpu-7 is not running" in res.stdout, res.stderr
     res = cli("worker", "logs", "worker-cpu-7", "--pool-root", str(pool.root))
     assert res.returncode == 1 and "no log for worker worker-cpu-7" in one_error_line(res)
     res = cli("worker", "stop", "../x", "--pool-root", str(pool.root))
@@ -410,7 +411,10 @@ def test_follow_logs_until_the_worker_is_gone(pool, bin_dir) -> None:
     t = threading.Thread(target=workers.follow_logs, args=(pool, h.worker_id, 3),
                          kwargs={"out": out, "poll": 0.05})
     t.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 60  # anti-hang: the tail is printed once it follows
+    while not out.getvalue() and t.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert out.getvalue(), "follow_logs printed no tail"
     h.stop(grace=5)
     t.join(timeout=20)
     assert not t.is_alive()

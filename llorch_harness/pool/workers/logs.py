@@ -72,12 +72,13 @@ def follow_logs(
     Ctrl-C, when `until()` is true, or once the worker is gone and the log is drained."""
     out = out or sys.stdout
     log = _existing_log(paths, worker_id)
-    tail = tail_text(log, n, what="worker log")
-    if tail:
-        print(tail, file=out, flush=True)
     fh = open_regular(log, "worker log")
     try:
-        fh.seek(0, os.SEEK_END)
+        # the tail ends where following starts: a line written between the two is neither
+        # lost (a worker's last words at its stop) nor printed twice
+        tail = tail_text(log, n, what="worker log", end=fh.seek(0, os.SEEK_END))
+        if tail:
+            print(tail, file=out, flush=True)
         while True:
             chunk = fh.read()
             if chunk:
