@@ -54,14 +54,15 @@ def test_both_command_lines_offer_the_same_commands_and_options() -> None:
 
 # argument lists a user might give each command (ids valid, every option at least once)
 SAMPLES: dict[tuple[str | None, str], list[list[str]]] = {
-    ("models", "download"): [["tiny-qwen"], ["qwen-0.5b", "--force", "--stall-timeout", "2.5"]],
-    ("models", "verify"): [["tiny-qwen"]],
+    ("models", "download"): [["tiny-qwen"], ["qwen-0.5b", "--force", "--stall-timeout", "2.5"],
+                              ["--all", "--json"]],
+    ("models", "verify"): [["tiny-qwen"], ["tiny-qwen", "--json"]],
     ("models", "catalog"): [[], ["--json"]],
     ("models", "list"): [[], ["--json"]],
     ("models", "register"): [["m1", "--name", "A name; $(x)", "--repo", "org/m1",
                               "--architecture", "qwen2"],
                              ["m2", "--name=-dash", "--repo", "org/m2", "--architecture",
-                              "llama", "--backends", "cpu,cuda"]],
+                              "llama", "--backends", "cpu,cuda", "--json"]],
     ("models", "unregister"): [["m1"]],
     ("worker", "spawn"): [["cpu", "--model", "tiny-qwen"],
                           ["cuda", "--model", "qwen-0.5b", "--gpu", "3", "--port", "0",
@@ -72,7 +73,7 @@ SAMPLES: dict[tuple[str | None, str], list[list[str]]] = {
     ("worker", "list"): [[], ["--json"]],
     ("worker", "stop"): [["worker-cpu-0"], ["--all", "--grace", "0", "--json"]],
     ("worker", "logs"): [["worker-cpu-0"], ["worker-cpu-0", "-n", "7", "-f"],
-                         ["worker-cpu-0", "--lines", "0", "--follow"]],
+                         ["worker-cpu-0", "--lines", "0", "--follow", "--pretty"]],
     ("worker", "reap"): [[], ["--grace", "1.5", "--all-pools"]],
     (None, "status"): [[], ["--json", "--llorch-bin-dir", "/x"]],
     (None, "leases"): [[], ["--all", "--json", "--lease-dir", "/tmp/l"]],
@@ -116,7 +117,8 @@ def test_ids_are_checked_before_anything_is_forwarded() -> None:
         ns = llorch_main.build_parser().parse_args(["pool", *words, "--host", "mac"])
         with pytest.raises(HarnessError) as info:
             llorch_main.remote_args((words[0], words[1]), ns)
-        assert info.value.exit_code == 2 and what in info.value.message, info.value.message
+        code = 11 if what == "backend" else 2  # a mistyped name: choices.EXIT_CODES
+        assert info.value.exit_code == code and what in info.value.message, info.value.message
 
 
 def test_a_positional_without_a_remote_check_is_refused() -> None:

@@ -12,8 +12,14 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
+from llorch_harness.choices import EXIT_CODES
 from llorch_harness.errors import HarnessError
-from llorch_harness.pool.paths import PoolPaths
+from llorch_harness.pool.paths import (
+    MODELS_DIRNAME,
+    POOL_ROOT_ENV,
+    RUNTIME_DIRNAME,
+    PoolPaths,
+)
 from llorch_harness.redaction import redact
 
 Handler = Callable[[argparse.Namespace], int]
@@ -51,6 +57,44 @@ def no_abbreviations(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def pool_paths(args: argparse.Namespace) -> PoolPaths:
     return PoolPaths.at(getattr(args, "pool_root", None))
+
+
+def root_origin(args: argparse.Namespace) -> str:
+    """Where the pool root came from, in the words `Pool root: ...` shows."""
+    if getattr(args, "pool_root", None) not in (None, ""):
+        return "--pool-root"
+    if os.environ.get(POOL_ROOT_ENV):
+        return f"${POOL_ROOT_ENV}"
+    return "the current directory"
+
+
+def is_pool(paths: PoolPaths) -> bool:
+    """A directory is a pool once a command has written its catalog or a worker record."""
+    return paths.models_dir.is_dir() or (paths.root / RUNTIME_DIRNAME).is_dir()
+
+
+def pool_line(paths: PoolPaths, args: argparse.Namespace, *, writes: bool = False) -> str:
+    """`Pool root: DIR (from ...)`, and what DIR is: every pool command names its root, so
+    a command run from the wrong directory says where it looked (issue 28 item 5)."""
+    line = f"Pool root: {paths.root} (from {root_origin(args)})"
+    if is_pool(paths):
+        return line
+    if writes:
+        return line + "; a new pool: nothing was there yet"
+    return (line + f"; not a pool: no {MODELS_DIRNAME}/ or {RUNTIME_DIRNAME}/ there (pass "
+            f"--pool-root DIR or set ${POOL_ROOT_ENV})")
+
+
+def require_pool(args: argparse.Namespace) -> PoolPaths:
+    """The pool for a command that needs its records (`worker logs ID`): a directory that
+    is not a pool is the "pool root" mistake (exit 15), not "no such worker"."""
+    paths = pool_paths(args)
+    if not is_pool(paths):
+        raise HarnessError(
+            f"{paths.root} (from {root_origin(args)}) is not a pool: no {MODELS_DIRNAME}/ "
+            f"or {RUNTIME_DIRNAME}/ there", f"pass --pool-root DIR or set ${POOL_ROOT_ENV}",
+            exit_code=EXIT_CODES["pool root"])
+    return paths
 
 
 def run_parsed(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:

@@ -91,14 +91,21 @@ def add_models_download(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stall-timeout", type=_positive_seconds, default=60.0, metavar="S",
                    help="give up when a hub answer is not complete, or a file delivers less "
                    "than 64 KiB, within S seconds (default 60)")
+    add_json(p, "the result as JSON on stdout; progress goes to stderr")
 
 
 def add_model_id(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_id")
 
 
-def add_json(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+def add_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_id")
+    add_json(p, "the result as JSON on stdout (exit 1 when a file does not match)")
+
+
+def add_json(p: argparse.ArgumentParser,
+             help: str = "machine-readable output (docs/workers.md, docs/downloads.md)") -> None:
+    p.add_argument("--json", action="store_true", help=help)
 
 
 def add_models_register(p: argparse.ArgumentParser) -> None:
@@ -108,6 +115,7 @@ def add_models_register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--architecture", required=True)
     p.add_argument("--backends", default=",".join(BACKEND_NAMES),
                    help="comma list (default: all)")
+    add_json(p)
 
 
 # --------------------------------------------------------------------------- worker
@@ -160,6 +168,9 @@ def add_worker_logs(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--lines", type=int, default=LOG_TAIL_LINES, metavar="N",
                    help=f"how many lines (default {LOG_TAIL_LINES})")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines")
+    p.add_argument("--pretty", action="store_true",
+                   help="time, level, message (a narration's human text), then the other "
+                   "fields as key=value; other lines as they are")
 
 
 def add_worker_reap(p: argparse.ArgumentParser) -> None:
@@ -180,7 +191,7 @@ COMMANDS: tuple[PoolCommand, ...] = (
     PoolCommand("models", "download", "download a model from the hub and verify it",
                 add_models_download, "models_cmd:cmd_download", fanout=True),
     PoolCommand("models", "verify", "re-check a downloaded model's files offline",
-                add_model_id, "models_cmd:cmd_verify"),
+                add_verify, "models_cmd:cmd_verify"),
     PoolCommand("models", "catalog", "show the catalog (CP3 table)", add_json,
                 "models_cmd:cmd_catalog", fanout=True, shows_output=True),
     PoolCommand("models", "list", "known and registered models with download state", add_json,

@@ -12,8 +12,10 @@ from typing import TextIO
 
 import psutil
 
-from llorch_harness.cli.common import pool_paths
+from llorch_harness.cli.common import pool_line, pool_paths, require_pool
+from llorch_harness.cli.prettylog import PrettyWriter, pretty_text
 from llorch_harness.errors import HarnessError
+from llorch_harness.pool.paths import PoolPaths
 from llorch_harness.pool.procs import read_marker
 from llorch_harness.pool.workers.defaults import LOG_TAIL_LINES
 from llorch_harness.pool.workers.listing import list_workers
@@ -21,6 +23,7 @@ from llorch_harness.pool.workers.logs import follow_logs, worker_logs
 from llorch_harness.pool.workers.spawn import WorkerStartError, spawn_worker
 from llorch_harness.pool.workers.stop import (
     StopFailure,
+    StopResult,
     find_orphans,
     reap_orphans,
     stop_every,
@@ -32,6 +35,8 @@ from llorch_harness.redaction import redact
 def cmd_spawn(args: argparse.Namespace) -> int:
     paths = pool_paths(args)
     out = sys.stderr if args.json else sys.stdout
+    if not args.json:
+        print(pool_line(paths, args, writes=True), flush=True)
     try:
         handle = spawn_worker(
             paths, args.backend, args.model, gpu=args.gpu, port=args.port, worker=args.worker,
@@ -62,12 +67,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     orphans = find_orphans(paths)
     if args.json:
         print(json.dumps({
+            "pool_root": str(paths.root),
             "workers": [r.to_json() for r in rows],
             "orphans": [_orphan_json(p) for p in orphans],
         }, indent=2))
         return 0
+    print(pool_line(paths, args))
     if not rows and not orphans:
-        print("No workers running")
+        print("No workers running in this pool")
         return 0
     print("\nWorkers")
     print("=" * 100)
@@ -102,12 +109,18 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if args.all:  # every worker it can; the records it cannot handle are reported after
         results, failures = stop_every(paths, grace=args.grace)
     else:
-        results = [stop_worker(paths, args.worker_id, grace=args.grace)]
+        results = [_stop_one(paths, args.worker_id, args.grace)]
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2))
-    elif not results and not failures:
-        print("No workers to stop")
+    else:
+        print(pool_line(paths, args))
+    if not args.json and not results and not failures:
+        print("No workers to stop: none is recorded in this pool")
     for r in results if not args.json else []:
+        if r.step == NOT_RUNNING:
+            print(f"Worker {r.worker_id} is not running (no record in this pool): nothing "
+                  "to stop")
+            continue
         how = {"sigint": "stopped gracefully (SIGINT)", "sigterm": "stopped by SIGTERM",
                "sigkill": "killed (SIGKILL)", "already_dead": "was already dead",
                "stale_record": "had a stale record (pid reused); nothing signalled"}[r.step]
@@ -124,22 +137,42 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0 if all(r.port_free for r in results) else 1
 
 
+NOT_RUNNING = "not_running"  # `worker stop ID` of a worker with no record: nothing to do
+
+
+def _stop_one(paths: PoolPaths, worker_id: str, grace: float) -> StopResult:
+    """The one rule of `worker stop` (docs/workers.md): the goal is "not running", so a
+    worker that is not running (no record: stopped before, or never started) is success
+    with step `not_running`, as `stop --all` of nothing is; processes it left without a
+    record are still an error (they need `worker reap`)."""
+    try:
+        return stop_worker(paths, worker_id, grace=grace)
+    except HarnessError as err:
+        if not err.message.startswith(f"no worker {worker_id} ") or "reap" in (err.hint or ""):
+            raise
+        return StopResult(worker_id, NOT_RUNNING, 0.0, True)
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
-    paths = pool_paths(args)
+    paths = require_pool(args)
     if args.lines < 0:
         raise HarnessError("-n must be 0 or more", "e.g. -n 100", exit_code=2)
     if args.follow:
-        out = RedactingWriter(sys.stdout)
+        redacting = RedactingWriter(sys.stdout)
+        out: RedactingWriter | PrettyWriter = (
+            PrettyWriter(redacting) if args.pretty else redacting)  # type: ignore[arg-type]
         try:
             follow_logs(paths, args.worker_id, args.lines, out=out)  # type: ignore[arg-type]
         except KeyboardInterrupt:
             return 0
         finally:
             out.close()
+            redacting.close()
         return 0
     text = worker_logs(paths, args.worker_id, args.lines)
     if text:
-        print(redact(text))  # the worker's own output may hold a token
+        text = redact(text)  # the worker's own output may hold a token
+        print(pretty_text(text) if args.pretty else text)
     return 0
 
 
@@ -177,8 +210,10 @@ class RedactingWriter:
 def cmd_reap(args: argparse.Namespace) -> int:
     paths = None if args.all_pools else pool_paths(args)
     pids = reap_orphans(paths, grace=args.grace)
+    if paths is not None:
+        print(pool_line(paths, args))
     if pids:
         print(f"✅ Reaped {len(pids)} orphan process(es): {', '.join(map(str, pids))}")
     else:
-        print("No orphans")
+        print("No orphans" + (" of this pool" if paths is not None else " in any pool"))
     return 0

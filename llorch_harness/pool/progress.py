@@ -30,7 +30,9 @@ def _ratio(done: float, total: float) -> str:
 
 
 class PlainProgress:
-    """tqdm-compatible sink that prints `Downloading NAME: 45% (0.45/1.00 GB)` now and then."""
+    """tqdm-compatible sink that prints `Downloading NAME: 40% (0.40/1.00 GB)` at every 10 %
+    step of a file of known size, and at least every `interval_s` seconds otherwise (a CI
+    log or a pipe sees progress without a terminal)."""
 
     out: TextIO = sys.stdout
     label: str = "file"
@@ -42,6 +44,7 @@ class PlainProgress:
         self.n = float(initial or 0)
         self._last = time.monotonic()
         self._closed = False
+        self._decile = self._tenth()  # the last 10 % step printed (resumes start past 0)
 
     def __enter__(self) -> PlainProgress:
         return self
@@ -52,9 +55,17 @@ class PlainProgress:
     def update(self, n: float | None = 1) -> None:
         self.n += float(n or 0)
         now = time.monotonic()
-        if now - self._last >= self.interval_s:
+        tenth = self._tenth()
+        if now - self._last >= self.interval_s or tenth > self._decile:
             self._last = now
+            self._decile = max(self._decile, tenth)
             self._print(final=False)
+
+    def _tenth(self) -> int:
+        """Whole 10 % steps done of a known total, 0..9 (100 % is close()'s line)."""
+        if not self.total:
+            return 0
+        return max(0, min(9, int(10 * self.n / self.total)))
 
     def _print(self, final: bool) -> None:
         if final:
