@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"llorch {__version__}")
     _global_opts(parser)
-    top = parser.add_subparsers(dest="scope", metavar="{pool,pools}")
+    top = parser.add_subparsers(dest="scope", metavar="{pool,pools,bisect}")
     scopes = {"pool": top.add_parser("pool", allow_abbrev=False, help="one pool: ... --host HOST"),
               "pools": top.add_parser("pools", allow_abbrev=False,
                                       help="every pool in the pools file")}
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     plist = subs["pools"].add_parser("list", allow_abbrev=False, help="show the configured pools")
     _global_opts(plist)
     plist.set_defaults(func=cmd_pools_list)
+    _bisect_parser(top)
     groups: dict[tuple[str, str], argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for command in POOL_COMMANDS:
         for scope in ("pool", "pools"):
@@ -132,6 +133,52 @@ def build_parser() -> argparse.ArgumentParser:
                 where = groups[(scope, command.group)]
             _leaf(where, command, scope)
     return no_abbreviations(parser)
+
+
+def _bisect_parser(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`llorch bisect --host POOL ...`: `llorch-harness bisect` on that pool."""
+    from llorch_harness.cli import bisect_cmd
+
+    b = top.add_parser("bisect", allow_abbrev=False,
+                       help="llorch-harness bisect on a pool: --host POOL ...",
+                       description="Run `llorch-harness bisect` on the pool (in its checkout, "
+                       "with its env and root) and bring its --json and --html back.")
+    bisect_cmd.add_arguments(b)
+    _global_opts(b)
+    b.add_argument("--host", required=True, help="pool name from the pools file")
+    b.add_argument("--timeout", type=_positive_seconds, metavar="S",
+                   help="give up after S seconds (the remote bisect is stopped)")
+    b.set_defaults(func=cmd_bisect)
+
+
+def cmd_bisect(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llorch_harness.bisect import report
+    from llorch_harness.bisect.driver import check_items
+    from llorch_harness.bisect.remote import bisect_words, run_remote_bisect
+    from llorch_harness.cli.bisect_cmd import forwarded_args
+
+    check_items(ns.item, ns.backend)  # a mistyped item costs no ssh
+    json_path = report.check_target(Path(ns.json), "--json") if ns.json else None
+    html_path = report.check_target(Path(ns.html), "--html") if ns.html else None
+    config = resolve_pool(ns.host, _pools(ns))
+    words = forwarded_args(ns)
+    if getattr(ns, "dry_run", False):
+        from llorch_harness.remote.transport import SshTransport
+
+        shown = redact_env_words(bisect_words(config, words, "TMP"), config)
+        print(SshTransport(config).display(shown, cwd=config.checkout))
+        return 0
+    return run_remote_bisect(config, words, json_path, html_path, timeout=ns.timeout,
+                             connect_timeout=getattr(ns, "connect_timeout", None))
+
+
+def redact_env_words(words: list[str], config: PoolConfig) -> list[str]:
+    """`env K=V` words with the pool's secret values masked (for a dry run)."""
+    shown = config.redacted_env()
+    return [f"{w.split('=', 1)[0]}={shown[w.split('=', 1)[0]]}"
+            if "=" in w and w.split("=", 1)[0] in shown else w for w in words]
 
 
 def _help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
