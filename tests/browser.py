@@ -48,7 +48,8 @@ def payloads() -> list[tuple[str, str]]:
         ("img-onerror", f"<img src=x class={PAYLOAD_TAG} onerror=\"{js}\">"),
         ("svg-onload", f"<svg class={PAYLOAD_TAG} onload=\"{js}\"></svg>"),
         ("svg-script", f"<svg><script>/*{PAYLOAD_TAG}*/{js}</script></svg>"),
-        ("attr-breakout", f"\" class={PAYLOAD_TAG} onmouseover=\"{js}\" autofocus onfocus=\"{js}\" x=\""),
+        ("attr-breakout", f"\" class={PAYLOAD_TAG} onmouseover=\"{js}\" autofocus "
+                          f"onfocus=\"{js}\" x=\""),
         ("attr-breakout-single", f"' class={PAYLOAD_TAG} autofocus onfocus='{js}' x='"),
         ("javascript-url", f"javascript:/*{PAYLOAD_TAG}*/{js}"),
         ("close-textarea", f"</textarea></title></style><img src=x class={PAYLOAD_TAG} "
@@ -79,6 +80,9 @@ class Page:
         return finder.found
 
 
+_URL_ATTRS = frozenset({"href", "src", "action", "formaction", "xlink:href", "data"})
+
+
 class _LiveFinder(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -91,7 +95,8 @@ class _LiveFinder(HTMLParser):
         if PAYLOAD_TAG not in values and "-RAN-" not in values:
             return
         for name, value in attrs:
-            if name.startswith("on") or (value or "").strip().lower().startswith("javascript:"):
+            url = name in _URL_ATTRS and (value or "").strip().lower().startswith("javascript:")
+            if name.startswith("on") or url:
                 self.found.append(f"<{tag} {name}=...> from a value")
 
     def handle_endtag(self, tag: str) -> None:

@@ -22,6 +22,7 @@ from llorch_harness.gate.checklist import CHECKPOINT
 from llorch_harness.gate.results import PoolResult
 from llorch_harness.gate.supportrender import render_html_section, render_markdown
 from llorch_harness.redaction import redact
+from llorch_harness.safetext import term_text
 from llorch_harness.safetext import text as html_text
 
 if TYPE_CHECKING:  # the merge imports this module: the type only, no import cycle
@@ -231,7 +232,7 @@ def summary_lines(m: MergedGate) -> list[str]:
         lines.append(f"pool {name}: MISSING ({why})")
     lines += [f"  - {p}" for p in m.problems]
     lines.append(f"{CHECKPOINT} verdict: {m.verdict.upper()}")
-    return lines
+    return [term_text(line) for line in lines]  # values from the pools' files: no ESC
 
 
 def write_outputs(m: MergedGate, reports: Mapping[str, Path | str | None], *,

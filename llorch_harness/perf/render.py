@@ -17,7 +17,7 @@ from llorch_harness.perf.figures import SPECS, format_value
 from llorch_harness.perf.plots import TrendPoint, trend_svg
 from llorch_harness.perf.store import ResultsStore, StoredRun
 from llorch_harness.redaction import redact
-from llorch_harness.safetext import Markup, html, join
+from llorch_harness.safetext import Markup, html, join, term_text
 
 TREND_RUNS = 30
 PLOTTED = ("load_s", "ttft_s", "itl_p50_s", "itl_p95_s", "s_per_token", "tokens_per_sec",
@@ -166,8 +166,8 @@ def history_table(runs: Sequence[StoredRun]) -> list[str]:
                      r.status + ("*" if r.accepted else ""), r.gate_verdict or "-",
                      *[_cell(r, n) for n in HISTORY_COLUMNS]])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return [redact("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-            for row in rows]
+    return [term_text(redact("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+                             .rstrip())) for row in rows]
 
 
 def _short(name: str) -> str:
@@ -198,7 +198,7 @@ def trend_lines(panels: Sequence[Panel]) -> list[str]:
                                   f"{c.describe()}"))
         for why, labels in missing.items():
             out.append(redact(f"  {'unavailable':<12} {', '.join(labels)}: {why}"))
-    return out
+    return [term_text(line) for line in out]  # values from a store: no control bytes
 
 
 def summary_json(panel: Panel) -> dict[str, Any]:
