@@ -4,7 +4,8 @@ whether any planted payload ran.
 API (small on purpose; other tests use it):
 
 - `chromium()`: the browser's path. Without it the calling test is skipped with the reason,
-  except under CI (`$CI` set; .ci/run installs it), where its absence fails the test.
+  except in CI (`$CI` or `$LLORCH_REQUIRE_CHROMIUM` set; .ci/run installs the browser and
+  sets the latter), where its absence fails the test.
 - `open_page(path)`: loads a file, lets its scripts and timers run (virtual time), and
   returns a `Page`: the DOM as the page's own scripts left it, and Chromium's log (console
   messages included).
@@ -29,6 +30,7 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
+REQUIRE_ENV = "LLORCH_REQUIRE_CHROMIUM"  # set by .ci/run, which installs the browser
 RAN_MARK = "LLORCH" + "-RAN-" + "PAYLOAD"  # what running RUN_JS writes; never in a payload
 RUN_JS = ("document.title=['LLORCH','PAYLOAD'].join('-RAN-');"
           "document.body.append(['LLORCH','PAYLOAD'].join('-RAN-'))")
@@ -112,7 +114,7 @@ def chromium() -> str:
     path = CHROMIUM if os.access(CHROMIUM, os.X_OK) else shutil.which("chromium")
     if path:
         return path
-    if os.environ.get("CI"):
+    if os.environ.get("CI") or os.environ.get(REQUIRE_ENV):
         pytest.fail(f"{CHROMIUM} is missing in CI (.ci/run installs Debian's chromium)")
     pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); reports are opened "
                 "in a real browser")
