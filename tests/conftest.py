@@ -37,6 +37,15 @@ def leftover_marked_processes(base: Path) -> list[psutil.Process]:
     return found
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Gate runs started by these tests keep the embedded lab's results store in the user's
+    data directory (platformdirs, perf/session.py): point it into this run's temp dir, so
+    tests never write into the home directory of whoever runs them."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        os.environ["XDG_DATA_HOME"] = str(factory.getbasetemp() / "xdg-data")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if hasattr(session.config, "workerinput"):
         return  # the controller checks once every xdist worker is done

@@ -1,9 +1,11 @@
 """`llorch-harness history`: the performance records of a pool, as a table, trends, a page.
 
 Reads the results store the gate writes (`--results-db`, else $LLORCH_RESULTS_DB, else
-`.runtime/gate/results.sqlite` in the pool root) or an export of one; never creates a
-store. `--accept ID` marks a record as the start of a new baseline: the way to take an
-intended change (a slower but more exact build) without the gate failing on it forever.
+`.runtime/gate/results.sqlite` in the pool root, else, when the pool root has none and was
+not named, the embedded lab's store in the user's data directory) or an export of one;
+never creates a store; says which store it read. `--accept ID` marks a record as the start
+of a new baseline: the way to take an intended change (a slower but more exact build)
+without the gate failing on it forever.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "fingerprint except the worker binary).")
     h.add_argument("--results-db", metavar="PATH",
                    help=f"results store or export (default ${RESULTS_DB_ENV}, else "
-                   ".runtime/gate/results.sqlite in the pool root)")
+                   ".runtime/gate/results.sqlite in the pool root, else the embedded lab's "
+                   "store in the user's data directory)")
     h.add_argument("--pool-root", metavar="DIR",
                    help="pool root whose store to read (default $LLORCH_POOL_ROOT or cwd)")
     h.add_argument("--model", help="only this catalog model id")
@@ -79,14 +82,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def store_path(args: argparse.Namespace) -> Path:
-    """--results-db, else $LLORCH_RESULTS_DB, else the pool root's default store."""
+    """--results-db, else $LLORCH_RESULTS_DB, else the pool root's store; when that does not
+    exist and no pool root was named, the embedded lab's store (the README's gate runs)."""
     given = args.results_db or os.environ.get(RESULTS_DB_ENV, "").strip()
     if given:
         return Path(given).expanduser()
     from llorch_harness.perf.store import DEFAULT_NAME
-    from llorch_harness.pool.paths import RUNTIME_DIRNAME, resolve_pool_root
+    from llorch_harness.pool.paths import POOL_ROOT_ENV, RUNTIME_DIRNAME, resolve_pool_root
 
-    return resolve_pool_root(args.pool_root) / RUNTIME_DIRNAME / "gate" / DEFAULT_NAME
+    in_pool = resolve_pool_root(args.pool_root) / RUNTIME_DIRNAME / "gate" / DEFAULT_NAME
+    if in_pool.exists() or args.pool_root or os.environ.get(POOL_ROOT_ENV):
+        return in_pool
+    from llorch_harness.perf.session import embedded_store
+
+    embedded = embedded_store()
+    return embedded if embedded.exists() else in_pool
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -121,6 +131,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     for line in render.trend_lines(panels):
         print(line)
     _write_outputs(args, path, runs, panels)
+    print(f"\nresults store: {path} ({len(runs)} record(s) shown)")
     return 0
 
 

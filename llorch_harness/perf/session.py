@@ -55,12 +55,34 @@ def db_path(results_db: str | None, pool_root: Path) -> Path:
     return check_target(paths.writable_dir(paths.runtime_dir / "gate") / DEFAULT_NAME)
 
 
+EMBEDDED_STORE_DIR = "embedded"  # under the user's data directory (platformdirs)
+
+
+def embedded_store() -> Path:
+    """The embedded lab's store: in the user's data directory (`~/.local/share/llorch-harness/
+    embedded/results.sqlite` on Linux), because that lab's pool is a fresh directory under
+    pytest's basetemp, which pytest deletes after a few runs (issue 28 item 6)."""
+    import platformdirs
+
+    return platformdirs.user_data_path("llorch-harness") / EMBEDDED_STORE_DIR / DEFAULT_NAME
+
+
+def store_for(lab: Any, pool_root: Path) -> Path:
+    """This run's store: --results-db; else the embedded lab's own temporary pool keeps it
+    in the user's data directory; else `.runtime/gate/results.sqlite` in the pool root."""
+    if not lab.settings.results_db and lab.lab == "embedded" and not lab.pool_root:
+        path = embedded_store()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return check_target(path)
+    return db_path(lab.settings.results_db, pool_root)
+
+
 def controller_db_path(config: pytest.Config, lab: Any) -> Path:
     """The store of this session as the fixtures chose the pool root."""
     from llorch_harness.plugin.fixtures import default_pool_root
 
     factory = config._tmp_path_factory  # type: ignore[attr-defined]
-    return db_path(lab.settings.results_db, default_pool_root(lab, factory))
+    return store_for(lab, default_pool_root(lab, factory))
 
 
 def parallel() -> int:
@@ -227,7 +249,7 @@ def measure_and_check(config: pytest.Config, lab: Any, pool_paths: Any, factory:
     from llorch_harness.perf.measure import measure
     from llorch_harness.pool.catalog import read_catalog
 
-    db = db_path(lab.settings.results_db, Path(pool_paths.root))
+    db = store_for(lab, Path(pool_paths.root))
     policy = busy_policy(lab.settings)
     handles: list[Any] = []
 

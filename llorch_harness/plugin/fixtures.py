@@ -62,6 +62,25 @@ def default_pool_root(lab: LabDecision, tmp_path_factory: pytest.TempPathFactory
     return resolve_pool_root(None)
 
 
+def where_lines(config: pytest.Config, lab: LabDecision) -> list[str]:
+    """The gate header's `pool root` and `results store` line: where this run reads and
+    writes (issue 28 item 5), so a second run or `llorch-harness history` finds them."""
+    from llorch_harness.errors import HarnessError
+    from llorch_harness.perf.session import controller_db_path
+
+    root = default_pool_root(lab, config._tmp_path_factory)  # type: ignore[attr-defined]
+    how = ("a fresh directory of this run" if lab.lab == "embedded" and not lab.pool_root
+           else "--pool-root or $LLORCH_POOL_ROOT" if lab.pool_root else "the current directory")
+    if lab.settings.no_perf_gate:
+        store = "not used (--no-perf-gate)"
+    else:
+        try:
+            store = str(controller_db_path(config, lab))
+        except HarnessError as err:
+            store = f"unusable: {err.one_line()}"
+    return [f"  pool root: {root} ({how})", f"  results store: {store}"]
+
+
 def is_embedded_model(model_id: str) -> bool:
     from llorch_harness.pool.catalog import known_models
 

@@ -109,7 +109,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                kind="float", metavar="S"),
     OptionSpec("--results-db", "llorch_results_db", "LLORCH_RESULTS_DB",
                "performance results store (SQLite) every gate run appends to and compares "
-               "with (default .runtime/gate/results.sqlite in the pool root)", metavar="PATH"),
+               "with (default .runtime/gate/results.sqlite in the pool root; the embedded "
+               "lab's own temporary pool: the user's data directory)", metavar="PATH"),
     OptionSpec("--no-perf-gate", "llorch_no_perf_gate", "LLORCH_NO_PERF_GATE",
                "skip the \"No performance regression\" item (shown as skipped): no "
                "performance is measured, recorded or compared", kind="bool"),

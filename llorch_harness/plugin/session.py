@@ -264,7 +264,7 @@ class GateSession:
         rpt.filter_metadata(metadata, lab_dict(config) if LAB_KEY in config.stash else None)
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        return header_lines(self.decision)
+        return header_lines(self.decision) + fixtures.where_lines(config, self.decision)
 
     def pytest_collection_modifyitems(self, config: pytest.Config,
                                       items: list[pytest.Item]) -> None:
