@@ -25,7 +25,10 @@ HOLDER = textwrap.dedent("""
                            pool_root=sys.argv[4], worker_id="w-" + sys.argv[4][-1],
                            out=sys.stdout)
     print("HELD", flush=True)
-    time.sleep(float(sys.argv[5]))
+    if sys.argv[5] == "stdin":  # held until the test says so (a line on stdin)
+        sys.stdin.readline()
+    else:
+        time.sleep(float(sys.argv[5]))
     lease.release()
     print("RELEASED", flush=True)
 """)
@@ -43,10 +46,11 @@ def started():
 
 
 def _holder(started: list, lease_dir: Path, uuid: str, *, wait: float = 0.0,
-            pool: str = "/pool/a", hold: float = 60.0, run: str = "") -> subprocess.Popen[str]:
+            pool: str = "/pool/a", hold: float | str = 60.0, run: str = ""
+            ) -> subprocess.Popen[str]:
     p = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(lease_dir), uuid, str(wait), pool, str(hold)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, GITHUB_RUN_ID="", CI_JOB_ID="77", LLORCH_LEASE_RUN=run))
     started.append(p)
     return p
@@ -110,10 +114,16 @@ def test_processes_of_one_run_share_the_device_and_other_runs_wait(
 
 
 def test_waiter_says_who_holds_then_gets_it(started, tmp_path: Path) -> None:
-    first = _holder(started, tmp_path, "GPU-cccc", pool="/pool/a", hold=1.0)
+    # the first lets go only once the second says it waits (a fixed hold raced the
+    # second's start-up on a busy host: it found the device free and never waited)
+    first = _holder(started, tmp_path, "GPU-cccc", pool="/pool/a", hold="stdin")
     _wait_line(first, "HELD")
-    second = _holder(started, tmp_path, "GPU-cccc", pool="/pool/b", wait=30, hold=0)
-    lines = _wait_line(second, "HELD")
+    second = _holder(started, tmp_path, "GPU-cccc", pool="/pool/b", wait=120, hold=0)
+    lines = _wait_line(second, "⏳")
+    assert first.stdin is not None
+    first.stdin.write("release\n")
+    first.stdin.flush()
+    lines += _wait_line(second, "HELD")
     assert first.wait(timeout=30) == 0 and second.wait(timeout=30) == 0
     waiting = [ln for ln in lines if ln.startswith("⏳")]
     assert len(waiting) == 1 and f"held by pid {first.pid}" in waiting[0]
@@ -217,19 +227,28 @@ def test_ci_job_names_the_run() -> None:
 # ---------------------------------------------------------------- spawn and runs
 
 FAKEWORKER = Path(__file__).with_name("fakeworker.py")
+# Each run's first worker keeps the device until one run has said it waits for it (its own
+# log or the other's): the runs surely meet, however late a busy host starts either.
 RUN = textwrap.dedent("""
     import json, sys, time
+    from pathlib import Path
     from llorch_harness.pool import procs, workers
     from llorch_harness.pool.paths import PoolPaths
     pool, lease_dir, bindir, out = PoolPaths.at(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     other = procs.pool_key(sys.argv[5])
+    logs = (Path(out + ".log"), Path(sys.argv[6] + ".log"))  # ours, the other run's
+    log = open(logs[0], "w", encoding="utf-8", buffering=1)
     lives, seen = [], []
     for i in range(2):
         h = workers.spawn_worker(pool, "cuda", "fake", worker="llorch", bin_dir=bindir, port=0,
-                                 lease_dir=lease_dir, lease_wait=120, worker_id=f"w{i}",
-                                 out=sys.stdout)
+                                 lease_dir=lease_dir, lease_wait=240, worker_id=f"w{i}",
+                                 out=log)
         t0 = time.time()
-        while time.time() < t0 + 0.6:  # while ours runs, the other pool's may not
+        while i == 0 and time.time() < t0 + 240 and not any(
+                "\u23f3" in p.read_text(encoding="utf-8") for p in logs if p.exists()):
+            time.sleep(0.05)
+        t1 = time.time()
+        while time.time() < t1 + 0.6:  # while ours runs, the other pool's may not
             seen += [m.proc.pid for m in procs.marked_processes(other)]
             time.sleep(0.05)
         h.stop(grace=5)
@@ -278,16 +297,16 @@ def test_two_runs_never_share_a_gpu(started, gpu_pools, tmp_path: Path) -> None:
     runs = []
     for paths, out in zip(pools, outs, strict=True):
         other = pools[1] if paths is pools[0] else pools[0]
+        other_out = outs[1] if out is outs[0] else outs[0]
         p = subprocess.Popen([sys.executable, "-c", RUN, str(paths.root), str(lease_dir),
-                              str(bindir), str(out), str(other.root)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                              str(bindir), str(out), str(other.root), str(other_out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         started.append(p)
         runs.append(p)
-    texts = []
     for p in runs:
-        stdout, stderr = p.communicate(timeout=300)
+        _stdout, stderr = p.communicate(timeout=600)
         assert p.returncode == 0, stderr
-        texts.append(stdout)
+    texts = [Path(f"{o}.log").read_text(encoding="utf-8") for o in outs]
     ra, rb = (json.loads(o.read_text()) for o in outs)
     assert ra["other_seen"] == [] and rb["other_seen"] == []
     a, b = ra["lives"], rb["lives"]

@@ -37,7 +37,7 @@ import pytest
 from llorch_harness.pool import procs
 
 from .common import ANTI_HANG_S, LLORCH_POOL, PYTHON, clean_env, count, figure, wait_for
-from .test_process_identity import CANARY, Canary, start_canary
+from .test_process_identity import CANARY, Canary, settle, start_canary
 
 TRIVIAL = "def test_nothing():\n    pass\n"
 
@@ -83,7 +83,7 @@ def write_record(pool: Path, wid: str, **fields: object) -> None:
 
 
 def settle_and_read(cs: list[Canary]) -> tuple[dict[int, list[str]], list[int]]:
-    time.sleep(1.2)  # a trapped signal is logged once the canary's `sleep 0.5` ends
+    settle(cs)
     return ({c.proc.pid: c.signals() for c in cs if c.signals()},
             [c.proc.pid for c in cs if c.proc.poll() is not None])
 
@@ -172,7 +172,7 @@ def dead_pid() -> int:
 def start_bare_canary(tmp: Path, i: int, env: list[str]) -> Canary:
     """A canary whose environment is exactly `env` (`env -i`): no marker, maybe nothing."""
     log = tmp / f"bare{i}.log"
-    script = CANARY.replace('\\"$LOG\\"', shlex.quote(str(log)))
+    script = f"LOG={shlex.quote(str(log))}; {CANARY}"  # a shell variable: not in its environ
     p = subprocess.Popen(["/usr/bin/env", "-i", *env, "/bin/sh", "-c", script],
                          start_new_session=True, stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -33,7 +33,7 @@ from llorch_harness.lab.hub import LocalHub, build_embedded_hub_root
 from llorch_harness.pool import procs
 
 from .common import ANTI_HANG_S, LLORCH_POOL, PYTHON, clean_env, figure, wait_for
-from .test_process_identity import Canary, start_canary
+from .test_process_identity import Canary, settle, start_canary
 
 TRIVIAL = "def test_nothing():\n    pass\n"
 
@@ -128,7 +128,7 @@ def test_marker_names_never_become_paths(tmp_path: Path, canaries: list[Canary])
     changed = changes(before, snapshot(sandbox, skip=pool))
     assert changed == [], f"created or changed outside the pool root: {changed}"
     assert {p: p.exists() for p in tmp_before} == tmp_before
-    time.sleep(1.2)  # a trapped signal is logged once the canary's `sleep 0.5` ends
+    settle(list(forgers.values()))
     signalled = {n: c.signals() for n, c in forgers.items()
                  if n in malformed and (c.signals() or c.proc.poll() is not None)}
     assert signalled == {}, signalled

@@ -28,11 +28,14 @@ import pytest
 from llorch_harness.pool import procs
 from llorch_harness.pool.paths import PoolPaths
 
-from .common import ANTI_HANG_S, LLORCH_POOL, clean_env, count, figure
+from .common import ANTI_HANG_S, LLORCH_POOL, clean_env, count, figure, wait_for
 
+# Each round of its loop appends a byte to $LOG.beat: a trapped signal is logged when the
+# current `sleep` ends, so two more rounds after an action mean that anything it signalled
+# is in the log (settle), however slow the host (a fixed pause was a guess).
 CANARY = (
     'for s in INT TERM HUP QUIT USR1 USR2; do trap "echo $s >> \\"$LOG\\"" $s; done; '
-    "i=0; while [ $i -lt 1200 ]; do sleep 0.5; i=$((i+1)); done"
+    'i=0; while [ $i -lt 1200 ]; do sleep 0.5; i=$((i+1)); echo >> "$LOG.beat"; done'
 )
 KINDS = ("ctime", "marker", "nomarker", "rust", "dead")
 
@@ -44,6 +47,20 @@ class Canary:
 
     def signals(self) -> list[str]:
         return self.log.read_text().split() if self.log.exists() else []
+
+    def rounds(self) -> int:
+        """Rounds of its loop done so far."""
+        beat = self.log.with_name(self.log.name + ".beat")
+        return beat.stat().st_size if beat.exists() else 0
+
+
+def settle(cs: list[Canary]) -> None:
+    """Return once every live canary has done two more rounds: whatever signalled one
+    before now is in its log by then."""
+    start = [c.rounds() for c in cs]
+    wait_for(lambda: all(c.proc.poll() is not None or c.rounds() >= n + 2
+                         for c, n in zip(cs, start, strict=True)),
+             ANTI_HANG_S, "every canary to finish two more rounds")
 
 
 def start_canary(tmp: Path, i: int, env_extra: dict[str, str] | None = None) -> Canary:
@@ -135,7 +152,7 @@ def test_stale_records_signal_nothing(tmp_path: Path, canaries: list[Canary]) ->
     assert reap.returncode == 0 and "No orphans" in reap.stdout, reap.stdout + reap.stderr
     assert list(paths.workers_dir.glob("*.json")) == []  # stale records are removed
 
-    time.sleep(1.2)  # a trapped signal is logged once the canary's current `sleep 0.5` ends
+    settle(canaries)
     signalled = {c.proc.pid: c.signals() for c in canaries if c.signals()}
     dead = [c.proc.pid for c in canaries if c.proc.poll() is not None]
     assert signalled == {} and dead == [], (signalled, dead)
@@ -163,7 +180,7 @@ def test_record_without_identity_signals_nothing(tmp_path: Path, canaries: list[
     listed = cli("worker", "list", "--json", "--pool-root", str(paths.root))
     status = json.loads(listed.stdout)["workers"][0]["status"]
     r = cli("worker", "stop", "worker-cpu-0", "--grace", "0.5", "--pool-root", str(paths.root))
-    time.sleep(1.2)
+    settle([c])
     assert (c.signals(), c.proc.poll()) == ([], None), r.stdout + r.stderr
     assert status in ("stale", "dead")
     assert r.returncode == 0 and "nothing signalled" in r.stdout, r.stdout + r.stderr
