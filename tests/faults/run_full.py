@@ -1,6 +1,11 @@
 """Run the fault-injection suite at the issue's full counts and write tests/faults/RESULTS.md.
 
 Usage (from the repository root):  .venv/bin/python tests/faults/run_full.py [pytest args]
+                                   .venv/bin/python tests/faults/run_full.py --only FILE...
+
+`--only` runs just those test files at full counts and rewrites only the sections whose
+figures they record, leaving the rest of RESULTS.md (and its header) as it was, with a
+line saying which sections were updated, when and how.
 
 CI runs `pytest tests/faults` with reduced counts; this script sets
 LLORCH_FAULT_SCALE=full, collects the figures every test records (one JSON line each,
@@ -181,6 +186,17 @@ SECTIONS = [
      "corpus_plugin_rootdir: every value-taking gate option and pytest-html's --html, "
      "spelled `--opt VALUE` with an existing VALUE, run from the checkout: runs whose "
      "rootdir moved (collected outside tests_hw/ or failed)."),
+    ("Issue 27: outputs escape by construction, shared files read within bounds",
+     ["output_payloads", "output_types", "output_bounds", "output_terminal"],
+     "test_output_payloads.py. output_payloads: HTML/SVG script, attribute breakouts, "
+     "`javascript:` URLs (tests/browser.py) in every outside value of each page, each page "
+     "opened in headless Chromium (Debian's chromium): payloads executed and live elements "
+     "made from a value counted; Markdown links, images, autolinks, backticks, entities and "
+     "cell splits in MODEL_SUPPORT.md parsed by markdown-it-py (GFM-like, linkify). "
+     "output_types: wrong types in a gate JSON's `performance` and in a tampered store, "
+     "each one line naming the file and the field (exit 2). output_bounds: a 200 MB holder "
+     "record (peak RSS of `llorch-pool leases`) and one nested 100000 deep. "
+     "output_terminal: terminal escapes in six fields of a holder record."),
 ]
 
 
@@ -201,6 +217,21 @@ FINDINGS = [
     ("fixed in 03b5bee", "workerclient: a deeply nested `data:` JSON escapes "
      "`_Collector.add` as RecursionError, is reported as a `request`/client error and ends "
      "the read (test_deep_json_event_is_the_workers_fault)"),
+    ("fixed in f4ff433", "issue 27 #1: a worker binary's path ran script in the per-pool "
+     "report (pytest-html fills the environment table with innerHTML; "
+     "test_pool_report_binary_path)"),
+    ("fixed in f4ff433", "issue 27 #2, #4: a figure's `n` from a store ran script in "
+     "`history --html` and `gate merge --perf --html`; wrong types in a gate JSON's "
+     "`performance` or a store and an extra `runs` column ended with exit 70 "
+     "(test_history_page_from_a_store, TestWrongTypesAreOneLine)"),
+    ("fixed in 94ed20b", "issue 27 #3, #5: a 200 MB holder record was read whole (421 MiB "
+     "peak RSS), a deeply nested one was a RecursionError, terminal escapes in one were "
+     "printed raw, `acquired_at: 9e99` and records owned by another user won "
+     "(TestHolderRecords)"),
+    ("fixed in 96d8b52", "issue 27 #6: a model name `[click](javascript:...)` was a live link "
+     "in MODEL_SUPPORT.md, backticks broke code spans (test_markdown_values_stay_text)"),
+    ("fixed in d48a9c1", "issue 27 #7: a lease directory others may write without the sticky "
+     "bit, or owned by another user, was trusted (test_a_lease_dir_*_is_refused)"),
 ]
 
 
@@ -255,12 +286,53 @@ def write_results(cmd: list[str], started: datetime, seconds: float, rc: int,
     RESULTS.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def update_sections(cmd: list[str], started: datetime, seconds: float, rc: int,
+                    figures: list[dict[str, Any]], notes: list[tuple[str, str, str]]) -> None:
+    """`--only`: rewrite the sections these figures belong to, keep everything else."""
+    figs = by_test(figures)
+    text = RESULTS.read_text(encoding="utf-8")
+    updated = []
+    for title, keys, what in SECTIONS:
+        if not any(k in figs for k in keys):
+            continue
+        body = [f"## {title}", "", what, ""]
+        for key in keys:
+            body += [f"**{key}**", "", *fmt(figs.get(key, []))]
+        block = "\n".join(body)
+        head = f"## {title}\n"
+        if head in text:
+            start = text.index(head)
+            end = text.find("\n## ", start + len(head))
+            text = text[:start] + block + ("\n" + text[end + 1:] if end != -1 else "")
+        else:
+            at = text.index("## Bugs this suite found")
+            text = text[:at] + block + "\n" + text[at:]
+        updated.append(title)
+    bugs = "## Bugs this suite found\n"
+    if bugs in text:  # the findings are this script's data: always the current list
+        start = text.index(bugs)
+        end = text.find("\n## ", start + len(bugs))
+        found = "\n".join([bugs, *[f"- {state}: {what}" for state, what in FINDINGS], ""])
+        text = text[:start] + found + ("\n" + text[end + 1:] if end != -1 else "")
+    stamp = (f"- Updated {', '.join(updated) or 'nothing'} on "
+             f"{started.isoformat(timespec='seconds').replace('+00:00', 'Z')} ({machine()}): "
+             f"`{shlex.join(cmd)}`, {seconds:.0f} s, pytest exit status {rc}"
+             + (f"; not passed: {'; '.join(n for n, _, _ in notes)}" if notes else ""))
+    lines = text.split("\n")
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("## "))
+    lines.insert(first - 1, stamp)
+    RESULTS.write_text("\n".join(lines), encoding="utf-8")
+
+
 def main(argv: list[str]) -> int:
+    only = argv[:1] == ["--only"]
+    if only:
+        argv = argv[1:]
     with tempfile.TemporaryDirectory(prefix="llorch-faults-") as tmp:
         figures_path = Path(tmp) / "figures.jsonl"
         junit = Path(tmp) / "junit.xml"
-        cmd = [sys.executable, "-m", "pytest", "tests/faults", "-p", "no:cacheprovider",
-               "-q", "-rxXfE", f"--junitxml={junit}", *argv]
+        cmd = [sys.executable, "-m", "pytest", *([] if only else ["tests/faults"]), "-p",
+               "no:cacheprovider", "-q", "-rxXfE", f"--junitxml={junit}", *argv]
         env = dict(os.environ, LLORCH_FAULT_SCALE="full",
                    LLORCH_FAULT_FIGURES=str(figures_path))
         started = datetime.now(UTC)
@@ -274,8 +346,12 @@ def main(argv: list[str]) -> int:
         if figures_path.exists():
             figures = [json.loads(ln) for ln in figures_path.read_text().splitlines() if ln]
         counts, notes = junit_summary(junit)
-        shown = [".venv/bin/python", "tests/faults/run_full.py", *argv]
-        write_results(shown, started, seconds, rc, figures, counts, notes)
+        shown = [".venv/bin/python", "tests/faults/run_full.py", *(["--only"] if only else []),
+                 *argv]
+        if only:
+            update_sections(shown, started, seconds, rc, figures, notes)
+        else:
+            write_results(shown, started, seconds, rc, figures, counts, notes)
     print(f"wrote {RESULTS} (pytest exit status {rc})")
     return rc
 
