@@ -14,7 +14,6 @@ a directory the controller made and handed to its workers (`pytest_configure_nod
 from __future__ import annotations
 
 import contextlib
-import html
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ import pytest
 
 from llorch_harness.fsutil import atomic_write_text
 from llorch_harness.pool.memwatch import LIFE_INTERVAL_GPU_S, LIFE_INTERVAL_S, MIB, MemoryWatch
-from llorch_harness.redaction import redact
+from llorch_harness.safetext import Markup, html, join
 
 if TYPE_CHECKING:
     from llorch_harness.pool.workers import WorkerHandle
@@ -166,19 +165,19 @@ def _row(r: dict[str, Any]) -> list[str]:
 
 
 def report_html(records: list[dict[str, Any]]) -> str:
-    """One table per backend: a row per worker life."""
+    """One table per backend: a row per worker life (values escaped by safetext)."""
     if not records:
         return ""
-    parts = ['<div id="llorch-memory">', "<h2>Memory per worker life</h2>"]
+    parts = [Markup('<div id="llorch-memory">'), Markup("<h2>Memory per worker life</h2>")]
     for backend in sorted({str(r.get("backend")) for r in records}):
-        parts.append(f"<h3>{html.escape(backend)}</h3>")
-        parts.append(f'<table class="llorch-memory" data-backend="{html.escape(backend)}" '
-                     'border="1" cellpadding="4"><tr>'
-                     + "".join(f"<th>{c}</th>" for c in _COLUMNS) + "</tr>")
+        parts.append(html("<h3>{0}</h3>", backend))
+        parts.append(html('<table class="llorch-memory" data-backend="{0}" border="1" '
+                          'cellpadding="4"><tr>{1}</tr>', backend,
+                          join("", (html("<th>{}</th>", c) for c in _COLUMNS))))
         for r in records:
             if str(r.get("backend")) == backend:
-                cells = "".join(f"<td>{html.escape(redact(c))}</td>" for c in _row(r))
-                parts.append(f'<tr class="llorch-memory-life">{cells}</tr>')
-        parts.append("</table>")
-    parts.append("</div>")
-    return "\n".join(parts)
+                cells = join("", (html("<td>{}</td>", c) for c in _row(r)))
+                parts.append(html('<tr class="llorch-memory-life">{}</tr>', cells))
+        parts.append(Markup("</table>"))
+    parts.append(Markup("</div>"))
+    return str(join("\n", parts))
