@@ -114,3 +114,26 @@ def test_the_exit_status_table_is_documented() -> None:
     text = DESIGN.read_text(encoding="utf-8")
     for kind, code in EXIT_CODES.items():
         assert f"| {code} | {kind} |" in text, (kind, code)
+
+
+def test_pytest_m_cpu_in_a_pool_directory_says_how_to_run_the_gate(tmp_path: Path) -> None:
+    """Issue 28 item 9: it said `no tests ran` and nothing else. The hint's command, run as
+    printed (collection only here), finds the gate's tests and keeps the pool root."""
+    pool = tmp_path / "pool"
+    (pool / ".test-models").mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLORCH_", "PYTEST_"))}
+    res = subprocess.run([sys.executable, "-m", "pytest", "-m", "cpu", "-p", "no:cacheprovider"],
+                         cwd=pool, env=env, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert res.returncode == 5, res.stdout  # still "no tests collected" for scripts
+    hint = next(ln for ln in res.stdout.splitlines() if ln.startswith("llorch-harness: "))
+    tests_hw = Path(__file__).resolve().parents[1] / "tests_hw"
+    command = f"pytest -m cpu {tests_hw} --pool-root={pool}"
+    assert hint == (f"llorch-harness: no gate tests in {pool} (the gate's tests are not "
+                    f"here); run: {command}")
+    ran = subprocess.run([sys.executable, "-m", *command.split(), "-p", "no:cacheprovider",
+                          "--co"], cwd=pool, env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr
+    assert "<Function test_qwen_works[cpu]>" in ran.stdout
+    assert f"pool root: {pool} (--pool-root or $LLORCH_POOL_ROOT)" in ran.stdout

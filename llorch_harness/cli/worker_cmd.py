@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TextIO
+from typing import TextIO, cast
 
 import psutil
 
@@ -34,9 +34,10 @@ from llorch_harness.redaction import redact
 
 def cmd_spawn(args: argparse.Namespace) -> int:
     paths = pool_paths(args)
-    out = sys.stderr if args.json else sys.stdout
-    if not args.json:
-        print(pool_line(paths, args, writes=True), flush=True)
+    # the pool line comes with the spawn's first line: input refused before any step
+    # (a mistyped id) stays one error line
+    out = cast(TextIO, HeadedWriter(sys.stderr if args.json else sys.stdout,
+                                    pool_line(paths, args, writes=True)))
     try:
         handle = spawn_worker(
             paths, args.backend, args.model, gpu=args.gpu, port=args.port, worker=args.worker,
@@ -174,6 +175,23 @@ def cmd_logs(args: argparse.Namespace) -> int:
         text = redact(text)  # the worker's own output may hold a token
         print(pretty_text(text) if args.pretty else text)
     return 0
+
+
+class HeadedWriter:
+    """A text stream that writes `head` (one line) before the first text written to it."""
+
+    def __init__(self, out: TextIO, head: str) -> None:
+        self.out = out
+        self.head: str | None = head
+
+    def write(self, text: str) -> int:
+        if self.head is not None and text:
+            self.out.write(self.head + "\n")
+            self.head = None
+        return self.out.write(text)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 class RedactingWriter:

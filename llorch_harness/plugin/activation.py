@@ -23,8 +23,11 @@ Only the standard library and pytest are imported here.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import types
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +92,30 @@ def refuse_stray_gate_items(items: list[pytest.Item]) -> None:
             f"llorch-harness: {len(stray)} test(s) marked gate (first: {stray[0]}) were "
             f"collected, but this is not a gate run: put `{GATE_SUITE_ATTR} = True` in the "
             "suite's conftest.py, or pass a gate option such as --lab auto")
+
+
+GATE_MARKERS = ("cpu", "cuda", "metal")  # a -m naming one of these asks for the gate
+
+
+def gate_tests_dir() -> Path | None:
+    """tests_hw of the checkout this harness is installed from (editable installs), else
+    None: the gate's tests are not part of the installed package."""
+    found = Path(__file__).resolve().parents[2] / "tests_hw"
+    return found if (found / "conftest.py").is_file() else None
+
+
+def no_tests_hint(config: pytest.Config, rootdir: Path) -> str | None:
+    """Why `pytest -m cpu` found nothing here, and the command that runs the gate: for a
+    run that is not a gate run, collected nothing and named a backend marker."""
+    markexpr = str(config.getoption("markexpr", "") or "")
+    if not any(re.search(rf"\b{name}\b", markexpr) for name in GATE_MARKERS):
+        return None
+    tests = gate_tests_dir()
+    is_pool = (rootdir / ".test-models").is_dir() or (rootdir / ".runtime").is_dir()
+    root = f" --pool-root={shlex.quote(str(rootdir))}" if is_pool else ""
+    where = (f"run: pytest -m {shlex.quote(markexpr)} {shlex.quote(str(tests))}{root}"
+             if tests is not None else
+             "run pytest from a llorch-harness checkout (its tests_hw/ holds the gate; they "
+             "are not installed with the package)")
+    return (f"llorch-harness: no gate tests in {rootdir} (the gate's tests are not here); "
+            f"{where}")

@@ -83,3 +83,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Outside a gate run, gate tests still selected (after -m and -k) are a usage error."""
     if _ACTIVE_KEY not in config.stash:
         activation.refuse_stray_gate_items(items)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """`pytest -m cpu` outside the checkout (in a pool directory) collects nothing: say where
+    the gate's tests are and the command that runs them (issue 28 item 9)."""
+    if _ACTIVE_KEY in config.stash or exitstatus != pytest.ExitCode.NO_TESTS_COLLECTED:
+        return
+    hint = activation.no_tests_hint(config, Path(str(config.invocation_params.dir)))
+    if hint is not None:
+        terminalreporter.write_line(hint, yellow=True)
