@@ -37,7 +37,9 @@ FLAG_NAMES: tuple[str, ...] = (
 VALUE_NAMES: tuple[str, ...] = ("slow_start", "slow_execute")
 # `slow_decode=F`: every decode step takes F times as long (the prompt's pass keeps its
 # speed), a build that "decodes slower" by a known factor for the performance check.
-FACTOR_NAMES: tuple[str, ...] = ("slow_decode",)
+# `slow=F`: every request's handling (prompt, decoding, events, logs) takes F times as long,
+# a build whose requests are F times slower as a client times them (the HTTP layer aside).
+FACTOR_NAMES: tuple[str, ...] = ("slow_decode", "slow")
 
 
 class FaultSpecError(ValueError):
@@ -71,6 +73,7 @@ class Faults:
     slow_start: float = 0.0
     slow_execute: float = 0.0
     slow_decode: float = 0.0  # a factor >= 1; 0 means off
+    slow: float = 0.0  # a factor >= 1 on each request's handling; 0 means off
 
     @property
     def active(self) -> list[str]:

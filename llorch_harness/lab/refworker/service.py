@@ -104,6 +104,7 @@ class InferenceService:
     def run(self, req: RawExecuteRequest, model_name: str) -> list[Event]:
         """The events for one valid request (failures included); logs as execute.rs."""
         self._fault_delays(req.job_id)
+        started = time.perf_counter()
         reuse = self._reuse_cache(req.prompt)
         self._polluted_by_warmup = False
         try:
@@ -117,6 +118,8 @@ class InferenceService:
         if self.faults.nan:
             self.log.warn("NaN detected in logits; sampling continued", job_id=req.job_id)
         self.log.info("Inference complete", job_id=req.job_id, tokens=len(pieces))
+        if self.faults.slow > 1:  # the `slow=F` fault: this request took F times as long
+            time.sleep((self.faults.slow - 1.0) * (time.perf_counter() - started))
         return events
 
     def _generate(self, req: RawExecuteRequest, model_name: str,
