@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 MAX_TEXT = 4096  # a field of a record is a name, a note or a line, never a log
+MAX_DOC = 1 << 20  # a JSON column (fingerprint, check with its samples and host) is a document
 
 
 class BadRecord(ValueError):
@@ -65,8 +66,12 @@ def json_obj(raw: Any, where: str, *, optional: bool) -> dict[str, Any] | None:
     """A JSON object stored as text in a column (None for SQL NULL when optional)."""
     if raw is None and optional:
         return None
+    if not isinstance(raw, str):
+        raise BadRecord(f"{where} must be a string, got {_show(raw)}")
+    if len(raw) > MAX_DOC:
+        raise BadRecord(f"{where} is longer than {MAX_DOC} characters")
     try:
-        doc = json.loads(text(raw, where))
+        doc = json.loads(raw)
     except (ValueError, RecursionError):
         raise BadRecord(f"{where} is not valid JSON") from None
     return obj(doc, where)
