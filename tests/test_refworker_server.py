@@ -835,12 +835,13 @@ def test_sigterm_ends_the_process_at_once(spawn: Spawner) -> None:
     box: dict[str, Any] = {}
     t = background_execute(w, req("job-term", max_tokens=2), box)
     w.wait_message("Inference request validated", job_id="job-term")
-    t0 = time.monotonic()
     w.proc.send_signal(signal.SIGTERM)
     assert w.wait_exit() == -signal.SIGTERM
-    assert time.monotonic() - t0 < 3.0  # did not wait for the generation
     t.join(30)
     assert "error" in box  # the client saw the connection drop, no answer
+    # it did not wait for the generation (5 s): the log never says it completed (the log,
+    # not a stopwatch: a busy host may take seconds to reap a process)
+    assert not any(m.startswith("Inference complete") for m in w.messages() if m)
     assert "Received SIGINT" not in w.stdout() and "shutting down" not in w.stdout()
 
 
