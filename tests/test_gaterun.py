@@ -376,7 +376,9 @@ def e2e_pool(server: SshdServer, base: Path, name: str, backend: str, repo: Path
            "LLORCH_GATE_MODEL": "tiny-qwen", "LLORCH_POOL_ROOT": str(root),
            "LLORCH_REPO": str(repo), "LLORCH_BASE": llorch_base, "PATH": path,
            # two hosts in one: each pool leases its devices in its own host-wide directory
-           "LLORCH_LEASE_DIR": str(root / "leases")}
+           "LLORCH_LEASE_DIR": str(root / "leases"),
+           # the busy host is tests/test_perf_busy.py's: here the gate must judge the build
+           "LLORCH_PERF_BUSY_SHARE": "1"}
     for var in ("RUSTUP_HOME", "CARGO_HOME"):
         if os.environ.get(var):
             env[var] = os.environ[var]
