@@ -409,6 +409,10 @@ def test_serve_main_subprocess(hub_root: Path, tmp_path: Path) -> None:
         line = proc.stdout.readline().strip()
         assert line.startswith(f"hub serving {hub_root} at http://127.0.0.1:")
         port = int(line.rsplit(":", 1)[1])
+        # issue 28 item 7: the export a download needs, ready to paste
+        assert proc.stdout.readline().strip() == (
+            f"in the shell that runs llorch-pool: export HF_ENDPOINT=http://127.0.0.1:{port} "
+            "HF_HUB_DISABLE_XET=1")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("GET", f"/api/models/{REPO}")
         resp = conn.getresponse()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from llorch_harness import __version__
-from llorch_harness.cli import bisect_cmd, gate_cmd, history_cmd, hub_cmd
+from llorch_harness.cli import bisect_cmd, gate_cmd, history_cmd, hub_cmd, lab_cmd
 from llorch_harness.cli.common import int_in_range, no_abbreviations, require_subcommand, run_parsed
 
 MAX_SEED = 2**32 - 1  # tinymodel.MAX_SEED; not imported here, numpy loads slowly
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_tiny_model_build)
 
     hub_cmd.register(sub)
+    lab_cmd.register(sub)
     gate_cmd.register(sub)
     history_cmd.register(sub)
     bisect_cmd.register(sub)

@@ -75,6 +75,8 @@ def run_serve(args: argparse.Namespace) -> int:
         logger.info("hub: hashing repos under %s", root)
         logger.info("hub: serving %s", ", ".join(hub.prime()) or "no repos yet")
         print(f"hub serving {root} at {hub.url}", flush=True)
+        print(f"in the shell that runs llorch-pool: export HF_ENDPOINT={hub.url} "
+              "HF_HUB_DISABLE_XET=1", flush=True)
         while not done.wait(0.5):
             pass
     except KeyboardInterrupt:
