@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from llorch_harness.perf.baseline import BUSY_PREFIX, Rule
+from llorch_harness.perf.figures import Figure
 from llorch_harness.perf.fingerprint import DEFAULT_PROTOCOL, baseline_key, fingerprint
-from llorch_harness.perf.hostload import BusyPolicy, HostWindow, wait_for_quiet
+from llorch_harness.perf.hostload import BusyPolicy, HostConditions, HostWindow, wait_for_quiet
 from llorch_harness.perf.measure import measure
 from llorch_harness.perf.session import Attempt, PerfOutcome, check_measured, record_and_check
 from llorch_harness.perf.store import ResultsStore
@@ -183,3 +184,68 @@ def test_the_slow_fault_names_a_factor():
     assert f.slow == 1.5 and f.active == ["slow=1.5"] and f.slow_decode == 0
     with pytest.raises(FaultSpecError, match="needs a factor >= 1"):
         parse_faults("slow=0.5")
+
+
+# ------------------------------------------------------------------ the decision, fast
+
+
+def _host(busy: bool) -> HostConditions:
+    share = 0.9 if busy else 0.02
+    return HostConditions(10.0, 2, share * 20.0, 5.0, (1.0, 1.0, 1.0), None, None, [],
+                          [f"other processes used {share * 2:.2f} of 2 cores"] if busy else [])
+
+
+def _figs(v: float) -> dict[str, Figure]:
+    return {"s_per_token": Figure("s_per_token", v, 0.0, 5,
+                                  samples=tuple(v * k for k in (0.98, 0.99, 1, 1.01, 1.02)))}
+
+
+def _history(db: Path, fp: dict[str, Any]) -> None:
+    for i in range(Rule().min_runs):
+        record_and_check(db, f"h{i}", fp, _figs(0.010), host=_host(False))
+        with ResultsStore.open(db) as store:
+            store.set_gate_verdict(f"h{i}", "pass")
+
+
+def _script(*steps: tuple[float, bool]) -> Any:
+    todo = list(steps)
+    return lambda: Attempt(_figs(todo[0][0]), _host(todo.pop(0)[1]))
+
+
+def test_a_busy_host_is_waited_for_and_measured_again(tmp_path):
+    db, fp = tmp_path / "r.sqlite", _fp("b" * 64)
+    _history(db, fp)
+    waits = []
+
+    def wait() -> tuple[bool, HostConditions | None, float]:
+        waits.append(1)
+        return True, _host(False), 4.0
+
+    out = check_measured(db, "now", fp, _script((0.030, True), (0.0101, False)), wait)
+    assert waits == [1] and out.measurements == 2 and out.verdict.status == "pass"
+    assert out.attempts[1].waited_s == 4.0 and out.attempts[0].busy
+
+
+def test_a_host_that_stays_busy_is_could_not_check_and_no_baseline(tmp_path):
+    db, fp = tmp_path / "r.sqlite", _fp("b" * 64)
+    _history(db, fp)
+    out = check_measured(db, "now", fp, _script((0.050, True)),
+                         lambda: (False, _host(True), 30.0))
+    _assert_busy(out)
+    assert "waited 30 s for quiet in vain" in out.verdict.message()
+    assert "+400%" in out.verdict.message()  # the figures, as measured, not judged
+    with ResultsStore.open(db) as store:
+        store.set_gate_verdict("now", "incomplete")
+        assert "now" not in {r.run_key for r in store.baseline_runs(baseline_key(fp), "x", 5)}
+        (rec,) = store.runs(run_key="now")
+    assert rec.status == "busy" and rec.check is not None and rec.check["host"][0]["host"]["busy"]
+
+
+def test_a_regression_is_confirmed_on_a_quiet_host_and_never_failed_on_a_busy_one(tmp_path):
+    db, fp = tmp_path / "r.sqlite", _fp("b" * 64)
+    _history(db, fp)
+    never = lambda: (False, _host(True), 1.0)  # noqa: E731
+    out = check_measured(db, "slow", fp, _script((0.030, False), (0.029, False)), never)
+    assert out.verdict.status == "fail" and out.measurements == 2
+    out = check_measured(db, "burst", fp, _script((0.030, False), (0.030, True)), never)
+    assert out.verdict.status == "busy" and out.measurements == 2  # never FAIL when busy
