@@ -137,3 +137,14 @@ def test_pytest_m_cpu_in_a_pool_directory_says_how_to_run_the_gate(tmp_path: Pat
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr
     assert "<Function test_qwen_works[cpu]>" in ran.stdout
     assert f"pool root: {pool} (--pool-root or $LLORCH_POOL_ROOT)" in ran.stdout
+
+
+def test_a_mistyped_checklist_item_has_the_item_status(tmp_path: Path) -> None:
+    """`llorch-harness bisect --item` takes checklist item names (choices.EXIT_CODES)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLORCH_")}
+    res = subprocess.run([str(LLORCH_POOL.parent / "llorch-harness"), "bisect", "--llorch-repo",
+                          str(tmp_path), "--good", "a", "--bad", "b", "--backend", "cpu",
+                          "--item", "No broadcastng errors"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == EXIT_CODES["checklist item"], res.stderr
+    assert "did you mean 'No broadcasting errors'" in the_line(res, "error: --item ")

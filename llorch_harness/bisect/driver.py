@@ -27,6 +27,7 @@ from llorch_harness.bisect.build import Builder, parse_build_command
 from llorch_harness.bisect.gatestep import STEP_TIMEOUT_S, GateConfig
 from llorch_harness.bisect.steps import Evaluator, Say, StepRecord
 from llorch_harness.bisect.worktree import Worktree, sweep_stale
+from llorch_harness.choices import EXIT_CODES
 from llorch_harness.errors import HarnessError
 from llorch_harness.gate.checklist import checklist
 from llorch_harness.pool import leases
@@ -90,7 +91,7 @@ def check_items(names: Sequence[str], backend: str) -> list[str]:
                     "an item's text as the gate checklist shows it, e.g. 'No broadcasting "
                     "errors'")
             raise HarnessError(f"--item {name!r} is not a gate checklist item", hint,
-                               exit_code=2)
+                               exit_code=EXIT_CODES["checklist item"])
         if backend not in gi.backends:
             raise HarnessError(f"--item {name!r} concerns {', '.join(gi.backends)}, not "
                                f"{backend}", f"pass --backend {gi.backends[0]}", exit_code=2)
