@@ -81,6 +81,9 @@ def test_a_directory_that_is_not_a_pool_says_so(tmp_path: Path) -> None:
     assert res.stdout.splitlines()[0] == (
         f"Pool root: {tmp_path} (from the current directory); not a pool: no .test-models/ "
         "or .runtime/ there (pass --pool-root DIR or set $LLORCH_POOL_ROOT)")
+    status = run(env, "status", cwd=tmp_path)
+    assert status.returncode == 0 and status.stdout.splitlines()[0] == res.stdout.splitlines()[0]
+    assert json.loads(run(env, "status", "--json", cwd=tmp_path).stdout)["is_pool"] is False
     logs = run(env, "worker", "logs", "worker-cpu-0", cwd=tmp_path)
     assert logs.returncode == EXIT_CODES["pool root"]
     assert logs.stderr.startswith(f"error: {tmp_path} (from the current directory) is not a "

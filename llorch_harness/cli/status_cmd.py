@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from llorch_harness.cli.common import pool_paths
+from llorch_harness.cli.common import is_pool, pool_line, pool_paths
 from llorch_harness.errors import HarnessError
 from llorch_harness.pool import backends
 from llorch_harness.pool.catalog import read_catalog
@@ -27,6 +27,7 @@ def collect_status(paths: PoolPaths, bin_dir: str | None = None) -> dict[str, An
             binaries[name] = None
     return {
         "pool_root": str(paths.root),
+        "is_pool": is_pool(paths),  # False: no .test-models/ or .runtime/ there
         "pool_id": catalog.pool_id,
         "models": [{"id": m.id, "name": m.name, "downloaded": m.downloaded,
                     "size_gb": m.size_gb, "backends": m.backends} for m in catalog.models],
@@ -45,7 +46,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(st, indent=2, default=str))
         return 0
     downloaded = sum(1 for m in st["models"] if m["downloaded"])
-    print(f"Pool {st['pool_id']} at {st['pool_root']}")
+    print(pool_line(paths, args))
+    print(f"Pool id: {st['pool_id'] or '- (no catalog yet)'}")
     print(f"Models: {len(st['models'])} registered, {downloaded} downloaded")
     for m in st["models"]:
         state = "✅" if m["downloaded"] else "❌"
