@@ -29,6 +29,8 @@ reach a user, so they need no hint and no exit code):
     LineTooLong                       checks/sse.py: the worker client's stream error
     SmiError                          pool/devicehealth/smi.py: a device health reading's error
     BadTarget                         lab/hub/routes.py: the local hub's 400 answer
+    BadRecord                         perf/checked.py: a performance record's field of the
+                                      wrong type; its loader names the file (exit 2)
 
 The reference worker (lab/refworker/) is a separate program speaking the worker contract;
 its own exceptions mimic candle's and llorch-candled's and end as that program's exit
