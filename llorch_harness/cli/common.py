@@ -21,6 +21,7 @@ from llorch_harness.pool.paths import (
     PoolPaths,
 )
 from llorch_harness.redaction import redact
+from llorch_harness.safetext import term_text
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -148,7 +149,8 @@ def run_handler(func: Handler, args: argparse.Namespace) -> int:
         check_text_arguments(args)
         return func(args)
     except HarnessError as err:
-        print(redact(f"error: {err.one_line()}"), file=sys.stderr, flush=True)
+        # the message may quote a value from outside: control characters shown escaped
+        print(term_text(redact(f"error: {err.one_line()}")), file=sys.stderr, flush=True)
         return err.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
@@ -157,7 +159,8 @@ def run_handler(func: Handler, args: argparse.Namespace) -> int:
         if isinstance(err, BrokenPipeError):
             return 141
         where = f" ({err.filename})" if err.filename else ""
-        print(redact(f"error: {err.strerror or err}{where}"), file=sys.stderr, flush=True)
+        print(term_text(redact(f"error: {err.strerror or err}{where}")), file=sys.stderr,
+              flush=True)
         return 1
     except Exception as err:
         if os.environ.get(DEBUG_ENV) == "1":

@@ -13,6 +13,7 @@ from llorch_harness.errors import HarnessError
 from llorch_harness.pool import catalog as cat
 from llorch_harness.pool.paths import validate_model_id
 from llorch_harness.pool.units import format_gb
+from llorch_harness.safetext import term_text
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -79,7 +80,7 @@ def format_catalog_table(catalog: cat.Catalog) -> str:
     if not catalog.models:
         lines.append("(no models registered: llorch-pool models download ID registers known ones)")
     lines.append("=" * 80)
-    return "\n".join(lines)
+    return "\n".join(term_text(line) for line in lines)  # catalog values: no control bytes
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -117,7 +118,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for r in rows:
         reg = "yes" if r["registered"] else "no"
         dl = f"yes ({format_gb(r['size_gb'])})" if r["downloaded"] else "no"
-        print(f"{r['id']:<15} {r['repo']:<40} {reg:<11} {dl}")
+        print(term_text(f"{r['id']:<15} {r['repo']:<40} {reg:<11} {dl}"))
     return 0
 
 

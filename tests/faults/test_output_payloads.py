@@ -33,6 +33,7 @@ from llorch_harness.perf.figures import Figure
 from llorch_harness.perf.render import latest_panels, summary_json
 from llorch_harness.perf.store import NewRun, ResultsStore
 from llorch_harness.pool import leaseholders, leases
+from llorch_harness.pool.paths import PoolPaths
 from tests import browser
 from tests.test_gatemerge import harness, pool_doc, write
 from tests.test_gaterun import install_worker
@@ -537,6 +538,42 @@ class TestHolderRecords:
         assert res.returncode == 2, res.stdout + res.stderr
         line = res.stderr.decode().strip()
         assert "\n" not in line and "uid 65534" in line, line
+
+
+class TestTerminalLines:
+    """Item 5's class beyond holder records: a catalog's text and every error line reach
+    the terminal with control characters shown escaped."""
+
+    @pytest.mark.parametrize("name", list(TERMINAL_PAYLOADS))
+    def test_catalog_text_in_models_listings(self, tmp_path: Path, name: str) -> None:
+        bad = TERMINAL_PAYLOADS[name]
+        pool = tmp_path / "pool"
+        pool.mkdir()
+        entry = {"id": "tiny-qwen", "name": f"tiny {bad}", "path": "models/tiny-qwen",
+                 "format": "safetensors", "size_gb": 0.1, "architecture": bad,
+                 "downloaded": False, "backends": ["cpu"], "metadata": {"repo": f"o/r{bad}"}}
+        catalog = PoolPaths(pool).catalog_path
+        catalog.parent.mkdir(parents=True)
+        catalog.write_text(json.dumps({"version": "1.0", "models": [entry]}))
+        for args in (("models", "catalog"), ("models", "list")):
+            res = _pool_cli(*args, "--pool-root", pool)
+            assert res.returncode == 0, res.stderr
+            assert b"o/r" in res.stdout or b"tiny" in res.stdout, res.stdout
+            assert _controls(res.stdout) == [], (args, res.stdout)
+            assert not [ln for ln in res.stdout.splitlines() if b"held by a fake" in ln
+                        and not ln.startswith((b"tiny-qwen", b"ID"))], res.stdout
+        figure("output_terminal", input="catalog (name, architecture, repo)", payload=name,
+               control_bytes_out=0, crashed=0)
+
+    @pytest.mark.parametrize("name", [n for n in TERMINAL_PAYLOADS if n != "newline"])
+    def test_error_lines(self, tmp_path: Path, name: str) -> None:
+        bad = tmp_path / f"gate{TERMINAL_PAYLOADS[name]}.json"
+        res = harness("gate", "merge", bad, cwd=tmp_path)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert _controls(res.stderr.encode()) == [], res.stderr
+        assert len(res.stderr.splitlines()) == 1, res.stderr
+        figure("output_terminal", input="error line (a path from the command line)",
+               payload=name, control_bytes_out=0, crashed=0)
 
 
 def _peak_rss_kib(argv: list[str]) -> int:
