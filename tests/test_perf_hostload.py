@@ -74,11 +74,14 @@ def test_a_throttled_or_shared_gpu_is_busy(tmp_path, monkeypatch):
     assert devload.busy_reasons([r], set(), 0.25) == [
         "GPU 0 throttled: sw_thermal_slowdown (SM clock 1100 of 2520 MHz)"]
     shared = fakesmi.gpu(0, **{"utilization.gpu": 80, "clocks.sm": 2500})
-    fakesmi.write_state(tmp_path / "fakesmi-state.json", {"gpus": [shared]})
+    other = {"pid": 4242, "gpu_uuid": shared["uuid"], "used_memory": 9000,
+             "process_name": "trainer"}
+    fakesmi.write_state(tmp_path / "fakesmi-state.json", {"gpus": [shared], "apps": [other]})
     r = devload.read("cuda", 0)
     assert r is not None
     (why,) = devload.busy_reasons([r], set(), 0.25)
-    assert why.startswith("GPU 0 80% busy without our workers")
+    assert why == "GPU 0 80% busy with other processes on it (pid 4242 trainer)"
+    assert devload.busy_reasons([r], {4242}, 0.25) == []  # our own worker's last work
     assert "SM clock 2500" in devload.describe([r])
     quiet = fakesmi.gpu(0, **{"utilization.gpu": 0, "clocks_event_reasons.active": "0x1"})
     fakesmi.write_state(tmp_path / "fakesmi-state.json", {"gpus": [quiet]})

@@ -95,8 +95,8 @@ def _float(raw: Any) -> float | None:
 
 
 def busy_reasons(edges: list[DeviceReading], own_pids: set[int], gpu_share: float) -> list[str]:
-    """Why the device was not quiet: throttled at an edge, or other processes using more
-    than `gpu_share` of it (its utilization at an edge, when our workers were not running)."""
+    """Why the device was not quiet: throttled at an edge, or other processes on it while
+    it was more than `gpu_share` busy at an edge (when our workers were not running)."""
     reasons: list[str] = []
     for r in edges:
         hot = [t for t in r.throttle_reasons if t in THROTTLING]
@@ -104,12 +104,14 @@ def busy_reasons(edges: list[DeviceReading], own_pids: set[int], gpu_share: floa
             clock = (f" (SM clock {r.sm_clock_mhz:g} of {r.sm_clock_max_mhz:g} MHz)"
                      if r.sm_clock_mhz and r.sm_clock_max_mhz else "")
             reasons.append(f"GPU {r.index} throttled: {', '.join(hot)}{clock}")
-        if r.utilization_pct is not None and r.utilization_pct > 100.0 * gpu_share:
-            others = [p for p in r.processes if p.get("pid") not in own_pids]
+        others = [p for p in r.processes if p.get("pid") not in own_pids]
+        # the utilization is the whole GPU's over the driver's last period, which may still
+        # hold our last worker's work: it counts only with another process on the GPU
+        if others and r.utilization_pct is not None and r.utilization_pct > 100.0 * gpu_share:
             who = "; ".join(f"pid {p.get('pid')} {p.get('name') or ''}".rstrip()
                             for p in others[:3])
-            reasons.append(f"GPU {r.index} {r.utilization_pct:g}% busy without our workers"
-                           + (f" ({who})" if who else ""))
+            reasons.append(f"GPU {r.index} {r.utilization_pct:g}% busy with other processes "
+                           f"on it ({who})")
         if r.thermal_state in MAC_THROTTLED:
             limit = (f", CPU speed limit {r.cpu_speed_limit}%"
                      if r.cpu_speed_limit is not None else "")
