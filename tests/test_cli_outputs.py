@@ -137,3 +137,24 @@ def test_worker_lifecycle_outputs(hub: LocalHub, tmp_path: Path) -> None:
     every_json = run(env, "--pool-root", str(root), "worker", "stop", "--all", "--json",
                      cwd=tmp_path)
     assert every_json.returncode == 0 and json.loads(every_json.stdout) == []
+
+
+def test_the_spawn_hint_runs_as_printed(hub: LocalHub, tmp_path: Path) -> None:
+    """A hint never suggests a command that then fails: the download it names, typed in
+    another directory, fills the pool the spawn looked at."""
+    env = hub_client_env(hub.url, tmp_path)
+    root = tmp_path / "pool"
+    res = run(env, "worker", "spawn", "cpu", "--model", "tiny-qwen", "--worker", "reference",
+              "--pool-root", str(root), cwd=tmp_path)
+    assert res.returncode == 1
+    hint = res.stderr.strip().rsplit("(Run: ", 1)[1].rstrip(")")
+    assert hint == f"llorch-pool models download tiny-qwen --pool-root {root}"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    argv = hint.split()
+    argv[0] = str(LLORCH_POOL)  # the installed `llorch-pool`, whatever PATH holds here
+    follow = subprocess.run(argv, env=env, cwd=elsewhere, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert follow.returncode == 0, follow.stderr
+    assert (root / ".test-models" / "tiny-qwen" / "model.safetensors").is_file()
+

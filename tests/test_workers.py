@@ -343,7 +343,8 @@ def test_bad_spawn_input_is_one_line_and_starts_nothing(pool, bin_dir, tmp_path,
         args["model"], expect = "nope", "unknown model id 'nope' (known: "
     elif case == "not_downloaded":
         args["model"] = "fake-undl"
-        expect = "model fake-undl is not downloaded (Run: llorch-pool models download fake-undl)"
+        expect = ("model fake-undl is not downloaded (Run: llorch-pool models download "
+                  f"fake-undl --pool-root {pool.root})")
     elif case == "backend_unsupported":
         args["backend"], expect = "cuda", "model fake doesn't support the cuda backend"
     elif case == "port_in_use":

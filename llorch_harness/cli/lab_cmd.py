@@ -53,7 +53,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     for line in exports(state.env()):
         print(f"  {line}")
     print("Then, in a pool directory: llorch-pool models download tiny-qwen; "
-          "llorch-pool worker spawn cpu --model tiny-qwen --worker reference")
+          "llorch-pool worker spawn cpu --model tiny-qwen --worker reference --port 0")
     print(f"Stop it with: llorch-harness lab down{_dir_flag(args, directory)}")
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -30,7 +31,12 @@ from llorch_harness.fsutil import sha256_file
 from llorch_harness.pool import leases, procs, torchdevice
 from llorch_harness.pool.backends import CPU, find_binary, get_backend
 from llorch_harness.pool.catalog import ModelEntry, known_ids, known_models, read_catalog
-from llorch_harness.pool.paths import PoolPaths, validate_model_id, validate_worker_id
+from llorch_harness.pool.paths import (
+    PoolPaths,
+    resolve_pool_root,
+    validate_model_id,
+    validate_worker_id,
+)
 from llorch_harness.pool.readiness import CallbackServer, NotReady, wait_ready
 from llorch_harness.pool.workers.defaults import (
     BASE_PORT,
@@ -111,12 +117,15 @@ def _resolve_model(paths: PoolPaths, model_id: str, backend: str) -> tuple[Model
     entry = catalog.find(model_id)
     if entry is None and model_id not in known_models():  # a download would refuse it too
         raise UnknownName("model id", model_id, known_ids(catalog))
+    # the hint's command must act on this pool, wherever it is typed
+    here = "" if paths.root == resolve_pool_root(None) else \
+        f" --pool-root {shlex.quote(str(paths.root))}"
     if entry is None:
         raise HarnessError(f"model {model_id} is not in the catalog of {paths.root}",
-                           f"Run: llorch-pool models download {model_id}")
+                           f"Run: llorch-pool models download {model_id}{here}")
     if not entry.downloaded:
         raise HarnessError(f"model {model_id} is not downloaded",
-                           f"Run: llorch-pool models download {model_id}")
+                           f"Run: llorch-pool models download {model_id}{here}")
     if backend not in entry.backends:
         raise HarnessError(
             f"model {model_id} doesn't support the {backend} backend",
