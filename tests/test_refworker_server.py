@@ -845,6 +845,16 @@ def test_sigterm_ends_the_process_at_once(spawn: Spawner) -> None:
     assert "Received SIGINT" not in w.stdout() and "shutting down" not in w.stdout()
 
 
+def test_sigint_as_soon_as_it_listens_is_graceful(spawn: Spawner) -> None:
+    """The handler exists before "HTTP server listening" is logged: a client that stops the
+    worker the moment it reads that line gets the graceful stop, never a killed process."""
+    w = spawn()
+    w.wait_ready()
+    w.proc.send_signal(signal.SIGINT)
+    assert w.wait_exit() == 0, w.stderr()
+    assert "HTTP server shutdown complete" in w.messages()
+
+
 def test_sigint_before_the_bind_kills_at_once(spawn: Spawner) -> None:
     w = spawn(faults="slow_start=30")
     w.wait_message("Model loaded successfully")

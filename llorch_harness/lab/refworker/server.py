@@ -86,6 +86,7 @@ class ServerContext:
     freeze: threading.Lock = field(default_factory=threading.Lock)
     on_panic: Callable[[str], None] = panic
     executes_done: int = 0
+    stop: list[bool] = field(default_factory=list)  # SIGINT seen (a plain flag: no locks)
 
 
 class WorkerHTTPServer(ThreadingHTTPServer):

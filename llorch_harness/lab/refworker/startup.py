@@ -16,8 +16,8 @@ callback, and it must learn that the port is open only from "HTTP server listeni
    ends the process (exit 1);
 5. "Worker ready, starting HTTP server", "HTTP server initialized" {addr},
    "llorch-<backend>-candled ready on port N" — all before the bind;
-6. bind (failure: `Error: Failed to bind to ADDR: ...`, exit 1), "HTTP server listening"
-   {addr}; only now is the SIGINT handler installed.
+6. bind (failure: `Error: Failed to bind to ADDR: ...`, exit 1), the SIGINT handler, then
+   "HTTP server listening" {addr}: a SIGINT sent as soon as that line is read is graceful.
 
 Shutdown on SIGINT (SIGTERM keeps its default action and is never graceful): it waits for
 a running generation (the process is frozen while one runs), then INFO "Received
@@ -180,16 +180,20 @@ def bind(args: WorkerArgs, persona: Persona, ctx: ServerContext) -> WorkerHTTPSe
         raise StartupError(f"Failed to bind to {addr}: {text}\n\nCaused by:\n    {text}") from err
     host, port = server.server_address[:2]
     bound = _addr(str(host), int(port))
+    # the handler exists before the port is announced: whoever stops the worker as soon as
+    # it reads "listening" gets a graceful stop, never a SIGINT that kills (before the bind,
+    # Ctrl-C still kills at once)
+    if not ctx.faults.ignore_signals:
+        signal.signal(signal.SIGINT, lambda _s, _f: ctx.stop.append(True))
     log.info("HTTP server listening", addr=bound)
     narration.server_bind(log, bound)
     return server
 
 
 def serve(server: WorkerHTTPServer, ctx: ServerContext) -> int:
-    """Serve until SIGINT, then shut down gracefully; the exit status (0)."""
-    stop: list[bool] = []  # a plain flag: a signal handler must not take locks
-    if not ctx.faults.ignore_signals:
-        signal.signal(signal.SIGINT, lambda _s, _f: stop.append(True))
+    """Serve until SIGINT (ctx.stop, set by bind's handler), then shut down gracefully;
+    the exit status (0)."""
+    stop = ctx.stop
     serving = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
                                name="http", daemon=True)
     serving.start()
