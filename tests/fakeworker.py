@@ -183,10 +183,10 @@ def main() -> int:
     Handler.vram = vram
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
-    log("HTTP server listening", addr=f"{args.host}:{args.port}")
     if "exit_after_ready" in modes:
         Handler.exit_after = float(os.environ.get("FAKEWORKER_EXIT_AFTER", "1.0"))
-    try:
+    try:  # from the "listening" line on, a SIGINT is a graceful stop
+        log("HTTP server listening", addr=f"{args.host}:{args.port}")
         server.serve_forever(poll_interval=0.05)
     except KeyboardInterrupt:
         log("Received SIGINT/SIGTERM, initiating graceful shutdown")
