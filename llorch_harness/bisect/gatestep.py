@@ -13,6 +13,7 @@ device the bisect holds, for the whole bisect.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ def run_gate(cfg: GateConfig, bin_dir: Path, items: Sequence[str] | None, out: P
     why = (f"the gate ran past {cfg.timeout:g} s" if res.timed_out else
            f"pytest exited {res.returncode} and wrote no gate JSON (see {log})")
     statuses = _statuses(doc, items, why)
+    _add_details(statuses, doc, log)
     perf = doc.get("performance") if isinstance(doc, dict) else None
     return GateRun(statuses, None if res.timed_out else res.returncode, out / "gate.json",
                    log, res.seconds, perf if isinstance(perf, list) else [])
@@ -121,6 +123,44 @@ def stop_leftover_workers(pool_root: Path) -> int:
     from llorch_harness.plugin.sweep import sweep_dead_sessions
 
     return len(sweep_dead_sessions([str(pool_root)], grace=10.0))
+
+
+def _add_details(statuses: dict[str, ItemRun], doc: dict[str, Any] | None, log: Path) -> None:
+    """A failed item's reason is the first line of its message; the gate's messages say
+    what came on the next lines (`got: ...`), which is what a developer reads first: it is
+    taken from the failure section of the test in pytest's output."""
+    if doc is None:
+        return
+    try:
+        text = redaction.redact(log.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return
+    for row in doc.get("items") or []:
+        if not isinstance(row, dict) or row.get("status") != "fail":
+            continue
+        run = statuses.get(str(row.get("item")))
+        name = str(row.get("nodeid") or "").rsplit("::", 1)[-1]
+        got = failure_got(text, name) if run is not None and name else ""
+        if run is not None and got and got not in run.reason:
+            run.reason = f"{run.reason} | {got}"[:2000]
+
+
+def failure_got(text: str, test_name: str) -> str:
+    """The `got:` line of a test's failure section (`____ name ____`), with the line after
+    it when the message goes on; '' when there is none."""
+    lines = text.splitlines()
+    head = re.compile(r"^_{3,} " + re.escape(test_name) + r" _{3,}$")
+    for i, line in enumerate(lines):
+        if not head.match(line):
+            continue
+        for j in range(i + 1, min(i + 40, len(lines))):
+            if re.match(r"^[_=-]{3,}", lines[j]):
+                break
+            if lines[j].startswith("got: "):
+                more = lines[j + 1] if j + 1 < len(lines) and not lines[j + 1].startswith(
+                    ("look at: ", "---", "===", "___")) else ""
+                return " ".join(p.strip() for p in (lines[j], more) if p.strip())[:1500]
+    return ""
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 
-from llorch_harness.gate.checklist import gate_marker_args
+from llorch_harness.gate.checklist import CP4_SECTION, gate_marker_args
 
 ITEMS_ENV = "LLORCH_BISECT_ITEMS"
+# CP4's items judge what the inference checks of the model saw ("every inference check ran
+# and passed", every worker life): choosing one keeps those checks selected too.
+NEEDS = {CP4_SECTION: ("Qwen Testing", CP4_SECTION)}
 
 
 def chosen_items(env: dict[str, str] | None = None) -> set[str] | None:
@@ -28,14 +31,19 @@ def chosen_items(env: dict[str, str] | None = None) -> set[str] | None:
     return {str(i) for i in items} if isinstance(items, list) else None
 
 
-def item_of(test: Any) -> str | None:
+def marker_of(test: Any) -> tuple[str, str] | None:
+    """(section, item) of a test's gate marker."""
     mark = test.get_closest_marker("gate")
     if mark is None:
         return None
     try:
-        return gate_marker_args(mark.args, mark.kwargs)[1]
+        return gate_marker_args(mark.args, mark.kwargs)
     except ValueError:
         return None
+
+
+def keeps(marker: tuple[str, str] | None, want: set[str], sections: set[str]) -> bool:
+    return marker is not None and (marker[1] in want or marker[0] in sections)
 
 
 @pytest.hookimpl(trylast=True)
@@ -43,8 +51,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[Any]) -> No
     want = chosen_items()
     if want is None:
         return
-    keep = [t for t in items if item_of(t) in want]
-    drop = [t for t in items if item_of(t) not in want]
+    marks = [marker_of(t) for t in items]
+    chosen = {m[0] for m in marks if m is not None and m[1] in want}
+    sections = {s for c in chosen for s in NEEDS.get(c, ())}
+    keep = [t for t, m in zip(items, marks, strict=True) if keeps(m, want, sections)]
+    drop = [t for t, m in zip(items, marks, strict=True) if not keeps(m, want, sections)]
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
