@@ -148,3 +148,12 @@ def test_a_mistyped_checklist_item_has_the_item_status(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == EXIT_CODES["checklist item"], res.stderr
     assert "did you mean 'No broadcasting errors'" in the_line(res, "error: --item ")
+
+
+def test_history_backend_typo_has_the_backend_status(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLORCH_")}
+    res = subprocess.run([str(LLORCH_POOL.parent / "llorch-harness"), "history", "--backend",
+                          "cdua", "--results-db", str(tmp_path / "none.sqlite")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert res.returncode == EXIT_CODES["backend"], res.stderr
+    assert "did you mean cuda?" in the_line(res, "error: unknown backend 'cdua'")

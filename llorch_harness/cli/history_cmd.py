@@ -16,6 +16,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from llorch_harness.choices import check_name
 from llorch_harness.errors import HarnessError
 from llorch_harness.pool.backends import BACKEND_NAMES
 
@@ -64,7 +65,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     h.add_argument("--pool-root", metavar="DIR",
                    help="pool root whose store to read (default $LLORCH_POOL_ROOT or cwd)")
     h.add_argument("--model", help="only this catalog model id")
-    h.add_argument("--backend", choices=BACKEND_NAMES, help="only this backend")
+    h.add_argument("--backend", metavar="BACKEND",
+                   help=f"only this backend ({', '.join(BACKEND_NAMES)})")
     h.add_argument("--pool", help="only this pool (host name as the gate recorded it)")
     h.add_argument("--since", type=parse_since, metavar="WHEN",
                    help="only records since WHEN: 7d, 12h, 2026-11-28 or an ISO time")
@@ -104,6 +106,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     from llorch_harness.perf.baseline import Rule
     from llorch_harness.perf.store import ResultsStore
 
+    if args.backend is not None:  # a typo has the backend status, as everywhere
+        check_name("backend", args.backend, BACKEND_NAMES)
     path = store_path(args)
     if args.accept is not None:
         with ResultsStore.open(path, create=False) as store:
