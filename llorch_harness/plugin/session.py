@@ -39,6 +39,7 @@ from llorch_harness.plugin.activation import WORKERINPUT_KEY, is_xdist_worker
 from llorch_harness.plugin.fixtures import BACKEND_KEY, LAB_KEY, RECORD_KEY
 from llorch_harness.plugin.results import lab_dict
 from llorch_harness.pool import leaseholders
+from llorch_harness.safetext import term_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
@@ -167,7 +168,7 @@ def header_lines(decision: labs.LabDecision) -> list[str]:
                          " (--backend-available)" if st.overridden else ""])
         lines.append(f"  {name}{flags}: {mark}")
     lines += [f"  note: {n}" for n in decision.notes]
-    return [redaction.redact(line) for line in lines]
+    return [term_text(redaction.redact(line)) for line in lines]  # paths, reasons: no ESC
 
 
 def apply_verdict(decision: labs.LabDecision, item: pytest.Item) -> str | None:
