@@ -177,15 +177,8 @@ class TestReportsInChromium:
         slash_free = {k: v for k, v in _hostile_texts().items() if "/" not in v}
         bin_dir = tmp_path / "w" / "".join(slash_free.values())[:200]
         install_worker(bin_dir, "cpu")
-        (tmp_path / "pool").mkdir()
-        env = {k: v for k, v in clean_env().items() if not k.startswith(("LLORCH_", "PYTEST_"))}
-        argv = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests_hw"), "-p",
-                "no:cacheprovider", "--pool-root", str(tmp_path / "pool"), "--basetemp",
-                str(tmp_path / "bt"), "--gate-model", "tiny-qwen", "--llorch-bin-dir",
-                str(bin_dir), "-k", "no_test_has_this_name", "--html",
-                str(tmp_path / "r.html"), "--self-contained-html"]
-        res = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env,
-                             timeout=HANG_GUARD_S, check=False, stdin=subprocess.DEVNULL)
+        res = _gate(tmp_path, bin_dir, "--html", str(tmp_path / "r.html"),
+                    "--self-contained-html")
         assert (tmp_path / "r.html").is_file(), res.stdout[-3000:] + res.stderr[-3000:]
         page = _assert_nothing_ran(tmp_path / "r.html")
         assert "llorch-cpu-candled" in page.dom  # the row is there, shown as text
@@ -541,8 +534,18 @@ class TestHolderRecords:
 
 
 class TestTerminalLines:
-    """Item 5's class beyond holder records: a catalog's text and every error line reach
-    the terminal with control characters shown escaped."""
+    """Item 5's class beyond holder records: a catalog's text, the gate's header and every
+    error line reach the terminal with control characters shown escaped."""
+
+    def test_gate_header_with_a_binary_path(self, tmp_path: Path) -> None:
+        bad = "".join(v for k, v in TERMINAL_PAYLOADS.items() if "\n" not in v)
+        bin_dir = tmp_path / "w" / f"bin{bad}"
+        install_worker(bin_dir, "cpu")
+        res = _gate(tmp_path, bin_dir)
+        assert "llorch-cpu-candled" in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+        assert _controls(res.stdout.encode()) == [], res.stdout[:3000]
+        figure("output_terminal", input="gate header (worker binary path)",
+               payload="all but newline", control_bytes_out=0, crashed=0)
 
     @pytest.mark.parametrize("name", list(TERMINAL_PAYLOADS))
     def test_catalog_text_in_models_listings(self, tmp_path: Path, name: str) -> None:
@@ -574,6 +577,18 @@ class TestTerminalLines:
         assert len(res.stderr.splitlines()) == 1, res.stderr
         figure("output_terminal", input="error line (a path from the command line)",
                payload=name, control_bytes_out=0, crashed=0)
+
+
+def _gate(tmp: Path, bin_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """A gate run that selects no test (the header, the lab, the report are all made)."""
+    (tmp / "pool").mkdir(exist_ok=True)
+    env = {k: v for k, v in clean_env().items() if not k.startswith(("LLORCH_", "PYTEST_"))}
+    argv = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests_hw"), "-p",
+            "no:cacheprovider", "--pool-root", str(tmp / "pool"), "--basetemp",
+            str(tmp / "bt"), "--gate-model", "tiny-qwen", "--llorch-bin-dir", str(bin_dir),
+            "-k", "no_test_has_this_name", *extra]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=tmp, env=env,
+                          timeout=HANG_GUARD_S, check=False, stdin=subprocess.DEVNULL)
 
 
 def _peak_rss_kib(argv: list[str]) -> int:
