@@ -6,7 +6,10 @@ with `exit_code`, and a library caller catches one type. The tree (tests/test_er
 checks that every exception class of the package appears here, under its base):
 
     HarnessError                      errors.py: bad input, missing files, failed commands
-    ├── PoolUnreachable               errors.py: ssh itself failed (status 255): unreachable,
+    ├── LabFailure                    errors.py: the lab, not the worker under test, failed
+    │   │                             (hub, disk, lease, device tool): `cause` names the class,
+    │   │                             a gate item becomes "could not check (lab: CAUSE)"
+    │   └── PoolUnreachable           errors.py: ssh itself failed (status 255): unreachable,
     │                                 refused, authentication or host key; the one class for
     │                                 `llorch pool(s)` and `llorch-harness gate run`
     ├── RemoteTimeout                 errors.py: a remote command ran past its deadline (it
@@ -62,19 +65,56 @@ class HarnessError(Exception):
         return " ".join(text.split())
 
 
-class PoolUnreachable(HarnessError):
+class LabFailure(HarnessError):
+    """A failure whose cause lies outside the worker under test: the hub, the disk, a lease,
+    a device tool, the ssh link to a pool, the test process itself.
+
+    Why a class of its own: a verdict blames the worker only on evidence; the gate reports
+    this as "could not check (lab: CAUSE)", never as FAIL. `cause` is the short class a
+    person reads in the verdict line (`hub unreachable`), `detail` the evidence, and
+    `transient` says whether one retry may help (connection reset, timeout, 5xx)."""
+
+    def __init__(self, cause: str, detail: str, hint: str | None = None, *,
+                 transient: bool = False, message: str | None = None,
+                 exit_code: int = 1) -> None:
+        super().__init__(message or detail, hint, exit_code)
+        self.cause = cause
+        self.detail = detail
+        self.transient = transient
+        self.retried = False  # set when a retry of a transient cause failed as well
+
+
+def ssh_failure_kind(detail: str) -> str:
+    """Which of ssh's own failures its last stderr line names (for the lab cause)."""
+    low = detail.lower()
+    for words, kind in ((("host key", "host identification"), "host key"),
+                        (("permission denied", "authentication"), "authentication"),
+                        (("refused",), "connection refused"),
+                        (("timed out", "timeout"), "timeout"),
+                        (("resolve", "no route", "unreachable"), "host unreachable"),
+                        (("connection reset", "closed by remote"), "connection reset")):
+        if any(w in low for w in words):
+            return kind
+    return "ssh failed"
+
+
+class PoolUnreachable(LabFailure):
     """ssh itself failed (status 255): the pool was never reached, nothing ran there.
 
     `pool` is the pool's label (`name (host)`), `host` the ssh destination and `detail`
-    ssh's last line on stderr (`Connection refused`, `Host key verification failed.`)."""
+    ssh's last line on stderr (`Connection refused`, `Host key verification failed.`).
+    A remote command that ran and failed is not this: its status is the command's."""
 
     def __init__(self, pool: str, host: str, detail: str, hint: str | None = None) -> None:
+        kind = ssh_failure_kind(detail)
         super().__init__(
-            f"cannot reach pool {pool} over ssh: {detail or 'ssh exited with status 255'}",
-            hint, exit_code=SSH_FAILED)
+            f"pool unreachable over ssh ({kind})", detail, hint,
+            transient=kind in ("timeout", "connection reset"),
+            message=f"cannot reach pool {pool} over ssh: "
+                    f"{detail or 'ssh exited with status 255'}",
+            exit_code=SSH_FAILED)
         self.pool = pool
         self.host = host
-        self.detail = detail
 
 
 class RemoteTimeout(HarnessError):

@@ -472,8 +472,9 @@ def test_gate_on_an_offline_unfinished_checkpoint(cp1, tmp_path):
                              "could not reach the crates index") and "cargo fetch" in reason
     assert doc["verdict"] == "fail" and res.returncode == 1
     assert "ERROR   `cargo clippy --all` clean" in res.stdout
-    assert "CP3 gate verdict: FAIL (`cargo clippy --all` clean: cpu: could not check" \
-        in res.stdout
+    # the verdict names the class: two items the code failed, one cargo could not check
+    assert ("CP3 gate verdict: FAIL (worker: 2 items; `cargo clippy --all` clean: cpu: "
+            "could not check") in res.stdout
     assert "not checked (`cargo clippy --all` clean: cpu: could not check" in \
         (tmp_path / "r.html").read_text()
 

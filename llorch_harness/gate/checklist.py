@@ -18,6 +18,7 @@ from typing import Any
 
 from llorch_harness.errors import HarnessError
 from llorch_harness.fsutil import atomic_write_text, refuse_non_regular_target
+from llorch_harness.gate import labcause
 from llorch_harness.gate.modelruns import model_runs
 from llorch_harness.pool.backends import BACKEND_NAMES
 
@@ -172,6 +173,8 @@ class TestResult:
     phases: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)  # user property "gate_details"
     model: str | None = None  # user property "gate_model": the model a model test ran on
+    lab_cause: dict[str, Any] | None = None  # the lab's failure, not the worker's (labcause)
+    retries: list[dict[str, Any]] = field(default_factory=list)  # transient causes retried
 
 
 def _skip_reason(longrepr: Any) -> str | None:
@@ -195,11 +198,13 @@ class GateCollector:
 
     def __init__(self) -> None:
         self.results: dict[str, TestResult] = {}
+        self._props: dict[str, dict[str, Any]] = {}  # xdist's crash report carries none
 
     def add_report(
         self, nodeid: str, when: str, outcome: str, props: Mapping[str, Any], longrepr: Any,
         duration: float, wasxfail: bool = False,
     ) -> None:
+        props = labcause.remember_item(self._props, nodeid, props, longrepr)
         section, item = props.get("gate_section"), props.get("gate_item")
         if not section or not item:
             return
@@ -216,7 +221,12 @@ class GateCollector:
         res.phases[when] = outcome
         if isinstance(props.get(GATE_DETAILS), str):  # measurements for the gate JSON
             res.details.update(json.loads(props[GATE_DETAILS]))
-        if outcome == "failed" and props.get(COULD_NOT_CHECK) and res.status != "fail":
+        res.retries += labcause.read_retries(props)
+        lab = labcause.read_cause(props, longrepr) if outcome == "failed" else None
+        if lab is not None and res.status != "fail":  # the lab's failure: not the worker's
+            res.status, res.lab_cause = "error", lab
+            res.reason = labcause.could_not_check(lab)
+        elif outcome == "failed" and props.get(COULD_NOT_CHECK) and res.status != "fail":
             res.status = "error"
             res.reason = f"could not check: {props[COULD_NOT_CHECK]}"
         elif outcome == "failed":
@@ -256,11 +266,14 @@ class GateCollector:
                 per_backend[key] = _worse(per_backend.get(key), r.status)
                 if r.model:
                     per_model[r.model] = _worse(per_model.get(r.model), r.status)
+            causes = sorted({r.lab_cause["cause"] for r in tests
+                             if r.lab_cause and r.status == "error"})
             out.append({
                 "section": gi.section, "item": gi.item, "seed": gi.seed,
                 "concerns": list(gi.backends), "status": status, "reasons": reasons,
                 "backends": per_backend, "tests": len(tests),
                 **({"models": per_model} if per_model else {}),
+                **({"lab_causes": causes} if causes and status == "error" else {}),
             })
         return out
 
@@ -279,6 +292,10 @@ class GateCollector:
         if statuses and all(s == "pass" for s in statuses):
             return "pass"
         return "incomplete" if {"pass", "error"} & set(statuses) else "not run"
+
+    def verdict_line(self) -> str:
+        """`FAIL (worker: 2 items)` / `INCOMPLETE (lab: hub unreachable)` (labcause)."""
+        return labcause.rollup_verdict_line(self.verdict(), self.item_rollup())
 
 
 def _where(r: TestResult, with_model: bool) -> str:
@@ -333,12 +350,16 @@ def gate_document(
         "finished_at": finished_at,
         "exitstatus": exitstatus,
         "verdict": collector.verdict(),
+        "verdict_line": collector.verdict_line(),
+        "lab_failures": labcause.lab_failures(collector.results.values()),
+        "retries": labcause.retries(collector.results.values()),
         "checklist": collector.item_rollup(),
         "model_runs": collector.model_runs(lab),
         "items": [
             {"section": r.section, "item": r.item, "backend": r.backend, "scope": r.scope,
              "model": r.model, "status": r.status, "reason": r.reason, "nodeid": r.nodeid,
-             "duration": round(r.duration, 3), **({"details": r.details} if r.details else {})}
+             "duration": round(r.duration, 3), **({"details": r.details} if r.details else {}),
+             **({"lab_cause": r.lab_cause["cause"]} if r.lab_cause else {})}
             for r in collector.results.values()
         ],
     }

@@ -16,12 +16,13 @@ backends; `metal` and `cuda` must each be played by at least one pool.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from llorch_harness import __version__
 from llorch_harness.errors import HarnessError
 from llorch_harness.gate.checklist import GateItem, checklist
+from llorch_harness.gate.labcause import verdict_line
 from llorch_harness.gate.render import (
     MERGE_SCHEMA,
     find_report,
@@ -63,6 +64,7 @@ class Cell:
     status: str  # pass | fail | error | skip | xfail | not run | n/a
     required: bool
     reason: str | None = None
+    lab_cause: str | None = None  # an error the lab caused (hub, ssh, disk): not the worker
 
 
 @dataclass
@@ -80,9 +82,12 @@ class Row:
 
 @dataclass
 class MergedGate:
-    """The verdict with every problem named, the rows, and what was missing or stale."""
+    """The verdict with every problem named, the rows, and what was missing or stale.
 
-    verdict: str  # "pass" | "fail"
+    Lab failures (a required item the lab kept from being checked) are listed apart in
+    `lab_problems`: alone they make the verdict "incomplete", never "pass" nor "fail"."""
+
+    verdict: str  # "pass" | "fail" | "incomplete"
     pools: list[PoolResult]
     rows: list[Row]
     problems: list[str]
@@ -91,10 +96,22 @@ class MergedGate:
     expected: list[str]
     max_age_h: float
     generated_at: datetime
+    lab_problems: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
         return 0 if self.verdict == "pass" else 1
+
+    @property
+    def verdict_line(self) -> str:
+        """`FAIL (worker: 2 items)`, `INCOMPLETE (lab: hub unreachable)` (labcause)."""
+        failed = sum(any(c.status == "fail" for c in r.cells.values()) for r in self.rows)
+        others = sum(not p.startswith("FAILED ") for p in self.problems)
+        causes = [c.lab_cause for r in self.rows for c in r.cells.values()
+                  if c.lab_cause and c.required and c.status == "error"]
+        return verdict_line(self.verdict, failed, causes,
+                            [f"{others} other problem{'s' if others != 1 else ''}"]
+                            if others else [])
 
 
 def _cell(pool: PoolResult, section: str, item: str, concerns: Sequence[str]) -> Cell:
@@ -110,7 +127,8 @@ def _cell(pool: PoolResult, section: str, item: str, concerns: Sequence[str]) ->
     not_passed = [o for o in relevant if o.status != "pass"]
     if not_passed:
         o = not_passed[0]
-        return Cell(o.status, required, f"{o.backend or 'pool'}: {o.reason or o.status}")
+        return Cell(o.status, required, f"{o.backend or 'pool'}: {o.reason or o.status}",
+                    o.lab_cause if o.status == "error" else None)
     if not required:
         return Cell("n/a", False)
     return Cell("not run", True, "no test for this item ran on this pool")
@@ -157,11 +175,12 @@ def merge(
     for name, why in missing.items():
         problems.append(f"missing pool {name}: {why}")
     stale = _pool_problems(pools, now, max_age_h, harness_version, problems)
-    rows = _rows(pools, list(items if items is not None else checklist()), problems)
+    lab: list[str] = []
+    rows = _rows(pools, list(items if items is not None else checklist()), problems, lab)
     problems += _model_run_problems(pools)
-    verdict = "pass" if not problems else "fail"
+    verdict = "fail" if problems else "incomplete" if lab else "pass"
     return MergedGate(verdict, list(pools), rows, problems, missing, stale, expected,
-                      max_age_h, now)
+                      max_age_h, now, lab)
 
 
 def _pool_problems(pools: Sequence[PoolResult], now: datetime, max_age_h: float,
@@ -184,13 +203,20 @@ def _pool_problems(pools: Sequence[PoolResult], now: datetime, max_age_h: float,
         if not p.roles:
             why = "; ".join(f"{b}: {r}" for b, r in sorted(p.backend_reasons.items()))
             problems.append(f"pool {p.name} ran no usable backend" + (f" ({why})" if why else ""))
-        if p.exitstatus not in (None, 0):
+        if p.exitstatus not in (None, 0) and not _only_lab_failed(p):
             problems.append(f"pytest on pool {p.name} exited {p.exitstatus}")
     played = {b for p in pools for b in p.roles}
     for backend in GPU_BACKENDS:
         if backend not in played:
             problems.append(f"no pool ran the {backend} backend (CP3 needs a {backend} pool)")
     return stale
+
+
+def _only_lab_failed(pool: PoolResult) -> bool:
+    """pytest's "tests failed" status whose every failure the lab caused: named per item
+    among the lab failures, not again as a failure of the pool."""
+    bad = [o for o in pool.outcomes if o.status in ("fail", "error")]
+    return pool.exitstatus == 1 and bool(bad) and all(o.lab_cause for o in bad)
 
 
 def _model_run_problems(pools: Sequence[PoolResult]) -> list[str]:
@@ -213,7 +239,7 @@ def _model_run_problems(pools: Sequence[PoolResult]) -> list[str]:
 
 
 def _rows(pools: Sequence[PoolResult], gate_items: list[GateItem],
-          problems: list[str]) -> list[Row]:
+          problems: list[str], lab: list[str]) -> list[Row]:
     """The checklist's rows in order, then items the pools ran that it does not know."""
     known = {(gi.section, gi.item) for gi in gate_items}
     extra_keys: list[tuple[str, str]] = []
@@ -222,19 +248,19 @@ def _rows(pools: Sequence[PoolResult], gate_items: list[GateItem],
             key = (o.section, o.item)
             if key not in known and key not in extra_keys:
                 extra_keys.append(key)
-    rows = [_row(gi.section, gi.item, gi.seed, gi.backends, pools, problems)
+    rows = [_row(gi.section, gi.item, gi.seed, gi.backends, pools, problems, lab)
             for gi in gate_items]
     for section, item in extra_keys:
         concerns = next((p.concerns[(section, item)] for p in pools
                          if (section, item) in p.concerns), ALL_BACKENDS)
-        row = _row(section, item, False, concerns, pools, problems)
+        row = _row(section, item, False, concerns, pools, problems, lab)
         row.note = "not in this harness's checklist"
         rows.append(row)
     return rows
 
 
 def _row(section: str, item: str, seed: bool, concerns: Sequence[str],
-         pools: Sequence[PoolResult], problems: list[str]) -> Row:
+         pools: Sequence[PoolResult], problems: list[str], lab: list[str]) -> Row:
     cells = {p.name: _cell(p, section, item, concerns) for p in pools}
     ok = True
     label = f"{section} / {item}"
@@ -242,6 +268,10 @@ def _row(section: str, item: str, seed: bool, concerns: Sequence[str],
         if c.status == "fail":
             ok = False
             problems.append(f"FAILED {label} on pool {name}: {c.reason}")
+        elif c.required and c.lab_cause:  # the lab's failure: its own list, not the worker's
+            ok = False
+            lab.append(f"COULD NOT CHECK (lab: {c.lab_cause}) {label} on pool {name}: "
+                       f"{c.reason or c.status}")
         elif c.required and c.status != "pass":
             ok = False
             why = c.reason or c.status

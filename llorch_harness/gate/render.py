@@ -74,9 +74,11 @@ def to_json(m: MergedGate, reports: Mapping[str, Path | str | None], page_dir: P
         "harness_version": __version__,
         "generated_at": _iso(m.generated_at),
         "verdict": m.verdict,
+        "verdict_line": m.verdict_line,
         "max_age_hours": m.max_age_h,
         "expected_pools": m.expected,
         "problems": m.problems,
+        "lab_failures": m.lab_problems,
         "missing_pools": m.missing_pools,
         "stale_pools": m.stale,
         "pools": [
@@ -100,7 +102,8 @@ def to_json(m: MergedGate, reports: Mapping[str, Path | str | None], page_dir: P
             {
                 "section": r.section, "item": r.item, "seed": r.seed,
                 "concerns": list(r.concerns), "ok": r.ok, "note": r.note,
-                "pools": {n: {"status": c.status, "required": c.required, "reason": c.reason}
+                "pools": {n: {"status": c.status, "required": c.required, "reason": c.reason,
+                              **({"lab_cause": c.lab_cause} if c.lab_cause else {})}
                           for n, c in r.cells.items()},
             }
             for r in m.rows
@@ -140,14 +143,14 @@ def render_html(m: MergedGate, reports: Mapping[str, Path | str | None], page_di
     """A self-contained page: verdict, problems, pools (with report links), the checklist,
     the model support matrix when pools reported model runs (CP4), then `extra_html` (the
     pools' performance, llorch_harness.perf)."""
-    color = "#1a7f37" if m.verdict == "pass" else "#cf222e"
+    color = {"pass": "#1a7f37", "incomplete": "#bc4c00"}.get(m.verdict, "#cf222e")
     out = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_e(CHECKPOINT)} gate: merged verdict ({_e(m.verdict.upper())})</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{_e(CHECKPOINT)} gate: all pools</h1>",
         f'<p id="verdict" class="verdict" style="color:{color};border-color:{color}">'
-        f"{_e(CHECKPOINT)} verdict: {_e(m.verdict.upper())}</p>",
+        f"{_e(CHECKPOINT)} verdict: {_e(m.verdict_line)}</p>",
         f"<p>Merged by llorch-harness {_e(__version__)} at {_e(_iso(m.generated_at))}; "
         f"results older than {m.max_age_h:g} h or from another harness version are stale."
         + (f" Expected pools: {_e(', '.join(m.expected))}." if m.expected else "") + "</p>",
@@ -155,6 +158,11 @@ def render_html(m: MergedGate, reports: Mapping[str, Path | str | None], page_di
     if m.problems:
         out.append('<h2>Why not a pass</h2><ul id="problems" class="problems">')
         out += [f"<li>{_e(p)}</li>" for p in m.problems]
+        out.append("</ul>")
+    if m.lab_problems:  # the lab's failures: not evidence against the worker
+        out.append("<h2>Could not check: lab failures (not the worker's fault)</h2>"
+                   '<ul id="lab-failures" class="problems">')
+        out += [f"<li>{_e(p)}</li>" for p in m.lab_problems]
         out.append("</ul>")
     out += _pools_table(m, reports, page_dir)
     out += _checklist_table(m)
@@ -231,7 +239,10 @@ def summary_lines(m: MergedGate) -> list[str]:
     for name, why in m.missing_pools.items():
         lines.append(f"pool {name}: MISSING ({why})")
     lines += [f"  - {p}" for p in m.problems]
-    lines.append(f"{CHECKPOINT} verdict: {m.verdict.upper()}")
+    if m.lab_problems:
+        lines.append("could not check: lab failures (not the worker's fault):")
+        lines += [f"  - {p}" for p in m.lab_problems]
+    lines.append(f"{CHECKPOINT} verdict: {m.verdict_line}")
     return [term_text(line) for line in lines]  # values from the pools' files: no ESC
 
 

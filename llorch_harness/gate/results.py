@@ -43,6 +43,7 @@ class TestOutcome:
     reason: str | None
     nodeid: str | None
     model: str | None = None  # the model of a model-parametrized test (CP4), else None
+    lab_cause: str | None = None  # an error the lab caused (gate.labcause), not the worker
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,13 @@ def _outcome(raw: Any, index: int, source: Path) -> TestOutcome:
     model = raw.get("model")
     if model is not None and not isinstance(model, str):
         raise _bad(source, f"{where}.model must be a string or null")
+    lab = raw.get("lab_cause")
+    if lab is not None and (not isinstance(lab, str) or status != "error"):
+        raise _bad(source, f"{where}.lab_cause must be a string on an error item, or null")
     return TestOutcome(raw["section"], raw["item"], backend, status,
                        str(reason) if reason is not None else None,
-                       str(nodeid) if nodeid is not None else None, model or None)
+                       str(nodeid) if nodeid is not None else None, model or None,
+                       lab[:100] if lab else None)
 
 
 _RUN_STATUSES = {**{k: v for k, v in _STATUS_ALIASES.items() if v != "xfail"},

@@ -101,9 +101,12 @@ def unchecked_note(rollup: list[dict[str, Any]]) -> str:
         for r in rows) + ")"
 
 
-def checklist_html(rollup: list[dict[str, Any]], verdict: str) -> str:
-    """The CP3 checklist, seed order, with status, backends and skip/fail reasons."""
+def checklist_html(rollup: list[dict[str, Any]], verdict: str,
+                   verdict_line: str | None = None) -> str:
+    """The CP3 checklist, seed order, with status, backends and skip/fail reasons; the
+    heading's verdict names the class when `verdict_line` is given (labcause)."""
     label, color = _STATUS_STYLE.get(verdict, (verdict.upper(), "#57606a"))
+    label = verdict_line or label
     parts = [Markup('<div id="llorch-cp3-checklist">'),
              html('<h2>{} gate checklist — verdict: <span style="color:{}">{}</span></h2>',
                   CHECKPOINT, color, label)]

@@ -164,7 +164,8 @@ class GateResults:
             rpt.escape_environment(session.config.stash[metadata_key])
         prefix.append(rpt.banner_html(self.decision.banner(), self.decision.lab))
         collector = self.collector
-        prefix.append(rpt.checklist_html(collector.item_rollup(), collector.verdict()))
+        prefix.append(rpt.checklist_html(collector.item_rollup(), collector.verdict(),
+                                         collector.verdict_line()))
         lab = rpt.lab_html(*self._lab())
         if lab:
             prefix.append(lab)

@@ -304,6 +304,14 @@ class GateSession:
         the outermost, so it runs after every other plugin added its part and before the
         terminal, JUnit XML, pytest-html, xdist and the gate JSON see the report."""
         rep = yield
+        from llorch_harness import labretry
+        from llorch_harness.gate import labcause
+
+        # a failure whose cause is the lab's (hub, disk, ssh, lease, device tool) says so,
+        # and the retries of transient causes made meanwhile go with the report
+        rep.user_properties += labcause.report_properties(
+            call.excinfo.value if call.excinfo is not None and rep.failed else None,
+            labretry.drain())
         record = item.stash.get(RECORD_KEY, None)
         if record and (rep.when == "call" or rep.failed):
             extras = list(getattr(rep, "extras", []))

@@ -23,7 +23,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from llorch_harness.errors import HarnessError
+from llorch_harness.errors import HarnessError, LabFailure
 from llorch_harness.pool.modelfiles import HF_DOWNLOAD_SUBDIR
 
 GIB = 1024**3
@@ -100,7 +100,8 @@ def shortfall(needed: int, free: int, keep_free: int) -> bool:
 def space_error(model_id: str, model_dir: Path, needed: int, free: int,
                 keep_free: int) -> HarnessError:
     margin = f" + {format_size(keep_free)} kept free (--keep-free)" if keep_free else ""
-    return HarnessError(
+    return LabFailure(  # the pool's disk, not the worker: could not check, never FAIL
+        "disk full",
         f"not enough disk space for {model_id}: needs {format_size(needed)}{margin}, "
         f"{format_size(free)} free in {model_dir}",
         "free space, or pass --pool-root on a larger disk; nothing was downloaded",

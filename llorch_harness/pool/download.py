@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llorch_harness.choices import UnknownName
-from llorch_harness.errors import HarnessError
+from llorch_harness.errors import HarnessError, LabFailure
+from llorch_harness.labretry import retry_once
 from llorch_harness.pool import catalog as cat
 from llorch_harness.pool import diskspace, hubdeadline
+from llorch_harness.pool.hubfailure import hub_cause
 from llorch_harness.pool.hubfiles import (
     DEFAULT_ENDPOINT,
     SHA1_RE,
@@ -102,11 +104,29 @@ def _hub_error(model_id: str, what: str, exc: BaseException, token: str | None) 
     text = str(exc).strip().splitlines()
     detail = scrub(text[0] if text else "", token)[:300]
     name = type(exc).__name__
-    return HarnessError(
-        f"download of {model_id} failed while {what}: {name}" + (f": {detail}" if detail else ""),
-        f"nothing unverified was recorded; fix the cause, then run: "
-        f"llorch-pool models download {model_id}",
-    )
+    message = (f"download of {model_id} failed while {what}: {name}"
+               + (f": {detail}" if detail else ""))
+    hint = (f"nothing unverified was recorded; fix the cause, then run: "
+            f"llorch-pool models download {model_id}")
+    cause = hub_cause(exc)
+    if cause is not None:  # the hub's availability, not the model: the lab's failure
+        return LabFailure(cause[0], message, hint, transient=cause[1])
+    return HarnessError(message, hint)
+
+
+def _hub_call(model_id: str, what: str, token: str | None, fn: Any) -> Any:
+    """`fn()` with the hub's unavailability as a LabFailure, retried once if transient."""
+    def once() -> Any:
+        try:
+            return fn()
+        except HarnessError:
+            raise
+        except Exception as exc:
+            err = _hub_error(model_id, what, exc, token)
+            if isinstance(err, LabFailure):
+                raise err from exc
+            raise
+    return retry_once(once, f"{model_id}: {what}")
 
 
 def fetch_listing(repo: str, revision: str, endpoint: str, token: str | None
@@ -245,7 +265,9 @@ def _listed_files(model_id: str, repo: str, endpoint: str, token: str | None,
                   model_dir: Path) -> tuple[str, list[RemoteFile]]:
     """The commit and the files to fetch; every name proven safe before any write."""
     try:
-        sha, listing = fetch_listing(repo, DEFAULT_REVISION, endpoint, token)
+        sha, listing = _hub_call(
+            model_id, f"listing {repo} at {public_endpoint(endpoint)}", token,
+            lambda: fetch_listing(repo, DEFAULT_REVISION, endpoint, token))
     except HarnessError:
         raise
     except KeyboardInterrupt as exc:
@@ -271,7 +293,9 @@ def _fetch_all(model_id: str, repo: str, sha: str, files: list[RemoteFile], mode
             if not force and target.is_file() and check_file(target, f) is None:
                 continue  # kept from an earlier, interrupted run: already verified now
             discard_file(model_dir, f.path)
-            _fetch_file(repo, sha, f, model_dir, endpoint, token, out, force)
+            _hub_call(model_id, f"fetching {f.path}", token,
+                      lambda f=f: _fetch_file(repo, sha, f, model_dir, endpoint, token, out,
+                                              force))
             problem = check_file(target, f)
             if problem is not None:
                 discard_file(model_dir, f.path)
@@ -301,7 +325,8 @@ def _fetch_failure(exc: BaseException, model_id: str, current: str, files: list[
             free = f"{human_bytes(shutil.disk_usage(model_dir).free)} free"
         except OSError:
             free = "free space unknown"
-        return HarnessError(
+        return LabFailure(
+            "disk full",
             f"disk full while downloading {model_id}/{current} to {model_dir} ({free}; "
             f"the model needs {human_bytes(sum(f.size for f in files))})",
             f"free space, then run: llorch-pool models download {model_id}",

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from llorch_harness.errors import HarnessError
+from llorch_harness.errors import HarnessError, LabFailure
 from llorch_harness.pool.leaseholders import (
     ci_job,
     describe_holder,
@@ -327,8 +327,8 @@ def _wait_for_lock(fd: int, key: DeviceKey, lease_dir: Path, wait: float,
         record = read_holder(lease_dir, key.key)
         holder = describe_holder(record)
         if time.monotonic() >= deadline:
-            raise HarnessError(
-                f"device {key.label} is in use: {holder}",
+            raise LabFailure(  # another run holds the device: the lab's, not the worker's
+                "device lease not obtained", f"device {key.label} is in use: {holder}",
                 "wait for that run to end (see llorch-pool leases), or raise --lease-wait")
         # a holder writes its record just after it locks: give it a moment to appear
         fresh = record is not None or time.monotonic() - started >= _RECORD_GRACE_S

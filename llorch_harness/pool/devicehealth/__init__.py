@@ -15,7 +15,9 @@ from llorch_harness.pool.devicehealth.probe import (
     compute_apps,
     gpu_uuids,
     memory_used_mib,
+    require_readable,
 )
 
 __all__ = ["DeviceHealth", "GpuProcess", "clock_reasons", "collect", "compute_apps", "diff",
-           "gpu_uuids", "judge", "memory_used_mib"]
+           "gpu_uuids", "judge", "memory_used_mib",
+           "require_readable"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from llorch_harness.errors import LabFailure
 from llorch_harness.pool.devicehealth import apple, nvml, smi
 from llorch_harness.pool.devicehealth.model import DeviceHealth, GpuProcess
 
@@ -36,6 +37,20 @@ def collect(backend: str, indices: Iterable[int] = (0,)) -> list[DeviceHealth]:
     if backend == "metal":
         return [apple.collect(i) for i in wanted]
     return []
+
+
+DEVICE_UNREADABLE = "device health unreadable"
+
+
+def require_readable(backend: str, readings: Iterable[DeviceHealth]) -> None:
+    """Raise LabFailure when a device's health could not be read at all (no NVML, no
+    nvidia-smi, a tool that failed or hung): nothing is known about the device, so the
+    item could not be checked; it is no evidence against the device or the worker."""
+    unread = [f"{backend}:{h.index}: {'; '.join(h.errors) or 'no source answered'}"
+              for h in readings if h.source == "none"]
+    if unread:
+        raise LabFailure(DEVICE_UNREADABLE, "; ".join(unread),
+                         "install nvidia-ml-py or nvidia-smi (a Mac: pmset, sysctl)")
 
 
 def gpu_uuids() -> dict[int, str]:
