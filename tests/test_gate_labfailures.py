@@ -398,3 +398,22 @@ def test_a_lab_cause_on_a_passed_item_is_bad_input(tmp_path: Path) -> None:
     doc["items"][0]["status"] = "pass"
     with pytest.raises(HarnessError, match="lab_cause must be a string on an error item"):
         gm.parse_result(doc, tmp_path / "w.json", "ws")
+
+
+def test_the_gates_remote_commands_turn_an_unreachable_pool_into_a_lab_failure(
+        tmp_path: Path, sshd: SshdServer, monkeypatch) -> None:
+    """tests_hw's `llorch ... --host` helper: ssh refused is the lab's; a command that ran
+    on the pool and failed is a result the test judges."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tests_hw"))
+    import gatehelpers
+
+    pf = write_pools(tmp_path, sshd, {
+        "dead": pool_entry(sshd, tmp_path, port=free_port()),
+        "live": pool_entry(sshd, tmp_path)})
+    with pytest.raises(LabFailure) as info:
+        gatehelpers.run_module(gatehelpers.LLORCH_MODULE, [
+            "--pools-file", str(pf), "pool", "models", "catalog", "--host", "dead"])
+    assert info.value.cause == "pool unreachable over ssh (connection refused)"
+    res = gatehelpers.run_module(gatehelpers.LLORCH_MODULE, [
+        "--pools-file", str(pf), "pool", "models", "verify", "no-such-model", "--host", "live"])
+    assert res.returncode not in (0, 255)

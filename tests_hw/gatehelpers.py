@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from llorch_harness.errors import SSH_FAILED, LabFailure, ssh_failure_kind
 from llorch_harness.redaction import redact
 
 ALL_BACKENDS = (pytest.mark.cpu, pytest.mark.cuda, pytest.mark.metal)
@@ -62,7 +63,21 @@ class CliResult:
 
 def run_module(module: str, args: list[str], *, env: dict[str, str] | None = None,
                cwd: Path | None = None, timeout: float = CLI_TIMEOUT_S) -> CliResult:
-    return run_command([sys.executable, "-m", module, *args], env=env, cwd=cwd, timeout=timeout)
+    res = run_command([sys.executable, "-m", module, *args], env=env, cwd=cwd, timeout=timeout)
+    if module == LLORCH_MODULE:
+        raise_if_unreachable(res)
+    return res
+
+
+def raise_if_unreachable(res: CliResult) -> None:
+    """`llorch ... --host H` whose ssh never reached the pool (status 255, `cannot reach
+    pool`): the lab's failure (errors.LabFailure), never a FAIL of the worker. A remote
+    command that ran and failed keeps its own status and stays the test's to judge."""
+    line = next((ln for ln in res.stderr.splitlines() if "cannot reach pool" in ln), None)
+    if res.returncode == SSH_FAILED and line is not None:
+        detail = line.partition(" over ssh: ")[2] or line
+        raise LabFailure(f"pool unreachable over ssh ({ssh_failure_kind(detail)})",
+                         redact(line.removeprefix("error: ")))
 
 
 def run_command(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
