@@ -245,6 +245,25 @@ def corpus_totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     }]
 
 
+def output_totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 27's summary: payloads x inputs x outputs tried, executed, crashed."""
+    return [{
+        "outputs": len({r.get("output") for r in rows}),
+        "inputs": len({r.get("input") for r in rows}),
+        "payloads_tried": sum(int(r.get("payloads", 0)) for r in rows),
+        "executed": sum(int(r.get("executed", 0)) for r in rows),
+        "crashed": sum(int(r.get("crashed", 0)) for r in rows),
+    }]
+
+
+def section_rows(key: str, rows: list[dict[str, Any]]) -> list[str]:
+    if key == "corpus_case":
+        return fmt(corpus_totals(rows))
+    if key == "output_payloads" and rows:
+        return fmt(rows) + ["total:", "", *fmt(output_totals(rows))]
+    return fmt(rows)
+
+
 def write_results(cmd: list[str], started: datetime, seconds: float, rc: int,
                   figures: list[dict[str, Any]], counts: dict[str, int],
                   notes: list[tuple[str, str, str]]) -> None:
@@ -271,10 +290,7 @@ def write_results(cmd: list[str], started: datetime, seconds: float, rc: int,
             rows = figs.get(key, [])
             lines.append(f"**{key}**")
             lines.append("")
-            if key == "corpus_case":
-                lines += fmt(corpus_totals(rows))
-            else:
-                lines += fmt(rows)
+            lines += section_rows(key, rows)
     lines += ["## Bugs this suite found", ""]
     lines += [f"- {state}: {text}" for state, text in FINDINGS] + [""]
     lines += ["## Not passed (known bugs are strict xfails until the lead fixes them)", ""]
@@ -297,7 +313,7 @@ def update_sections(cmd: list[str], started: datetime, seconds: float, rc: int,
             continue
         body = [f"## {title}", "", what, ""]
         for key in keys:
-            body += [f"**{key}**", "", *fmt(figs.get(key, []))]
+            body += [f"**{key}**", "", *section_rows(key, figs.get(key, []))]
         block = "\n".join(body)
         head = f"## {title}\n"
         if head in text:
@@ -318,7 +334,8 @@ def update_sections(cmd: list[str], started: datetime, seconds: float, rc: int,
              f"{started.isoformat(timespec='seconds').replace('+00:00', 'Z')} ({machine()}): "
              f"`{shlex.join(cmd)}`, {seconds:.0f} s, pytest exit status {rc}"
              + (f"; not passed: {'; '.join(n for n, _, _ in notes)}" if notes else ""))
-    lines = text.split("\n")
+    again = f"- Updated {', '.join(updated) or 'nothing'} on "  # the newest stamp only
+    lines = [ln for ln in text.split("\n") if not ln.startswith(again)]
     first = next(i for i, ln in enumerate(lines) if ln.startswith("## "))
     lines.insert(first - 1, stamp)
     RESULTS.write_text("\n".join(lines), encoding="utf-8")
