@@ -57,7 +57,8 @@ def test_md_text_keeps_ordinary_values_readable() -> None:
     assert md_text("a\nb\tc") == "a b c"
 
 
-@pytest.mark.parametrize("value", ["a`b", "``x``", "`", "a | b", "&lt;b&gt;", "x` [y](z)"])
+@pytest.mark.parametrize("value", ["a`b", "``x``", "`", "a | b", "&lt;b&gt;", "<b>x</b>",
+                                   "x` [y](z)"])
 def test_md_code_is_one_code_span_showing_the_value(value: str) -> None:
     md = markdown_it.MarkdownIt("commonmark")
     [para] = [t for t in md.parse(md_code(value)) if t.type == "inline"]
