@@ -1,7 +1,8 @@
 """`llorch bisect --host POOL`: the bisect on a pool over a real ssh to the loopback sshd
 (host key checking on), its progress on this terminal, its JSON and HTML brought back, the
 pool's temp dir removed. The remote bisect finds its own items (the whole gate once at
---good and at --bad), so this is also the test of finding the items."""
+--good and at --bad), so this is also the test of finding the items; its range is one commit
+(the search itself is tested in tests/test_bisect_e2e.py), which keeps it to four gate runs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llorch_harness.choices import EXIT_CODES
 from tests.bisect_standin import build_repo, install_cargo
 from tests.sshd import SshdServer, make_sshd_fixture
 from tests.test_gaterun import write_pools_file
@@ -50,15 +52,16 @@ def test_a_bisect_on_a_pool_finds_its_items_and_brings_the_reports_back(
     (tmp_path / "out").mkdir()
     temps_before = set(Path("/tmp").glob("llorch-bisect.*"))
     res = llorch(tmp_path, "--host", "ws", "--pools-file", str(pools_file),
-                 "--llorch-repo", str(tmp_path / "llama-orch"), "--good", main[16],
-                 "--bad", "main", "--backend", "cpu", "--runs", "1",
+                 "--llorch-repo", str(tmp_path / "llama-orch"), "--good", main[17],
+                 "--bad", main[18], "--backend", "cpu", "--runs", "1",
                  "--gate-model", "tiny-llama", "--json", str(tmp_path / "out" / "b.json"),
                  "--html", str(tmp_path / "out" / "b.html"))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
-    assert "[find items] good" in res.stdout and "[step 1 of at most" in res.stdout  # live
+    assert "[find items] good" in res.stdout and "[bad]" in res.stdout  # progress, live
     doc = json.loads((tmp_path / "out" / "b.json").read_text())
     assert doc["answer"]["first_bad"]["sha"] == main[18], out[-6000:]
+    assert doc["answer"]["parent"]["sha"] == main[17]
     assert doc["items_from"].startswith("found") and WORKS in doc["items"]
     assert all(i in doc["items"] for i in doc["answer"]["items"])
     assert doc["pool_root"] == str((tmp_path / "root").resolve())  # the pool's root
@@ -83,5 +86,6 @@ def test_a_dry_run_prints_the_quoted_command_and_a_typo_costs_no_ssh(
     bad = llorch(tmp_path, "--host", "ws", "--pools-file", str(pools_file),
                  "--llorch-repo", "/x", "--good", "a", "--bad", "b", "--backend", "cpu",
                  "--item", "Qwen works on cpu")
-    assert bad.returncode == 2 and bad.stderr.startswith("error: --item 'Qwen works on cpu'")
+    assert bad.returncode == EXIT_CODES["checklist item"], bad.stderr
+    assert bad.stderr.startswith("error: --item 'Qwen works on cpu'")
     assert "did you mean 'Qwen works on CPU (this pool)'" in bad.stderr

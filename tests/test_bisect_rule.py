@@ -18,6 +18,7 @@ from llorch_harness.bisect.build import Builder, cache_key, default_build_comman
 from llorch_harness.bisect.driver import check_items
 from llorch_harness.bisect.gatestep import failure_got
 from llorch_harness.bisect.worktree import OWNER, Worktree, sweep_stale
+from llorch_harness.choices import EXIT_CODES
 from llorch_harness.errors import HarnessError
 from tests.bisect_standin import _git, build_repo, install_cargo, snapshot
 
@@ -113,7 +114,7 @@ def test_item_names_are_checked_with_did_you_mean() -> None:
     assert check_items(["No broadcasting errors"] * 2, "cpu") == ["No broadcasting errors"]
     with pytest.raises(HarnessError) as err:
         check_items(["No broadcast errors"], "cpu")
-    assert err.value.exit_code == 2
+    assert err.value.exit_code == EXIT_CODES["checklist item"]  # the mistake's own status
     assert "did you mean 'No broadcasting errors'" in err.value.one_line()
     with pytest.raises(HarnessError, match="concerns metal, not cpu"):
         check_items(["Qwen works on Metal (mac)"], "cpu")
@@ -196,3 +197,69 @@ def test_the_failure_detail_is_the_got_line_of_the_tests_section() -> None:
     assert failure_got(log, "test_qwen_works[cpu]") == (
         "got: 1 of 1 streams disagree: job j: expected ' a' (id 1), got ' b' (id 2)")
     assert failure_got(log, "test_missing[cpu]") == ""
+
+
+# --------------------------------------------------------------------------- the answer
+
+def _result(root: Path, main: list[str], decisions: dict[int, str]):
+    """A finished bisect over main[3..] whose commits got these decisions (no gate ran)."""
+    from llorch_harness.bisect.build import BuildOutcome
+    from llorch_harness.bisect.driver import BisectOptions, BisectResult
+    from llorch_harness.bisect.gatestep import ItemRun
+    from llorch_harness.bisect.steps import StepRecord
+
+    rng = history.first_parent_range(root, main[2], "main")
+    opts = BisectOptions(root, main[2], "main", "cpu", root, root, ("Tokens are generated",))
+    result = BisectResult(opts, rng, ["Tokens are generated"], False, ["cargo", "build"])
+    search = rule.Search(rng.size)
+    for index, decision in sorted(decisions.items()):
+        commit = history.commit_info(root, main[2] if index < 0 else rng.commits[index])
+        built = decision != "nobuild"
+        rec = StepRecord(str(index), "step", index, commit, BuildOutcome(
+            commit.sha, built, False, 1.0, None, "" if built else "build failed (exit 101)"))
+        status = {"good": "pass", "bad": "fail"}.get(decision)
+        if status:
+            rec.runs = [{"Tokens are generated": ItemRun(status, f"<b>{status}</b> & why")}] * 3
+            rec.item_decisions = {"Tokens are generated": decision}
+            rec.decision = decision
+        else:
+            rec.note = rec.build.detail or "could not decide"
+        result.steps.append(rec)
+        search.record(index, rec.decision)
+    result.first, result.last = search.answer()
+    return result
+
+
+def test_skips_next_to_the_first_bad_commit_give_the_smallest_range(repo) -> None:
+    from llorch_harness.bisect import render, report
+
+    root, main, _ = repo
+    # range main[3..19]: 5 and 6 do not build, 7 is the oldest bad one tested, 4 is good
+    result = _result(root, main, {-1: "good", 4 - 3: "good", 5 - 3: "nobuild",
+                                  6 - 3: "nobuild", 7 - 3: "bad", 16: "bad"})
+    ans = report.answer(result)
+    assert not ans["exact"]
+    assert [c["sha"] for c in ans["range"]] == main[5:8]
+    assert [c["decision"] for c in ans["range"]] == ["skip", "skip", "bad"]
+    assert ans["text"].startswith("the first bad commit is one of 3 commits")
+    lines = report.terminal_lines(result)
+    assert any("build failed (exit 101)" in ln for ln in lines)
+    page = render.render_html(result)
+    assert "<b>" not in page and "&lt;b&gt;" not in page  # reasons are in the JSON, not here
+    assert page.count("<tr>") == 1 + len(ans["range"]) + 1 + len(result.steps)
+
+
+def test_an_exact_answer_puts_the_reason_next_to_the_parents_pass(repo) -> None:
+    from llorch_harness.bisect import render, report
+
+    root, main, _ = repo
+    result = _result(root, main, {-1: "good", 5: "good", 6: "bad", 16: "bad"})
+    ans = report.answer(result)
+    assert ans["exact"] and ans["first_bad"]["sha"] == main[9]
+    assert ans["parent"]["sha"] == main[8]
+    item = ans["items"]["Tokens are generated"]
+    assert item == {"at_first_bad": ["fail"] * 3, "reason": "<b>fail</b> & why",
+                    "at_parent": ["pass"] * 3, "parent_decision": "good"}
+    page = render.render_html(result)
+    assert "&lt;b&gt;fail&lt;/b&gt; &amp; why" in page and "<b>fail" not in page
+    assert "FAIL FAIL FAIL here: <b>fail</b> & why" in "\n".join(report.terminal_lines(result))

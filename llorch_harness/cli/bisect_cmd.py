@@ -1,8 +1,9 @@
 """`llorch-harness bisect`: the first llama-orch commit that breaks a gate item.
 
 Exit 0 when the first bad commit was found, 1 when skipped commits leave only a range, 2 on
-bad input (unknown item, a range that cannot be bisected, a --good that fails or a --bad that
-passes), 130 when interrupted (the worktree and the lease are gone then too).
+bad input (a range that cannot be bisected, a --good that fails or a --bad that passes), 13
+for an --item the checklist does not have, 130 when interrupted (the worktree and the lease
+are gone then too).
 """
 
 from __future__ import annotations
