@@ -4,8 +4,8 @@ Why: the performance item now measures 5 worker lives (each a warm-up and 2 meas
 requests) instead of 3 loads and 5 requests on the last one, watches the host, and ranks
 its samples against the baseline's (scipy). The issue allows at most +25 % on the embedded
 gate's wall time. Both trees are built from git: `--before REV` (the commit before the
-change) and the same commit with `--patch-from REV2`'s changes to the given paths applied
-(the change alone, nothing else that landed meanwhile). Each repeat runs
+change) and the same commit with the changes of `--commits C1 C2 ...` to the measured paths
+applied (the change alone, nothing else that landed meanwhile). Each repeat runs
 `pytest -m cpu tests_hw` from each tree in turn (interleaved, fresh pool root each time),
 on its own `PYTHONPATH`, and reads the wall time and the performance item's own duration.
 
@@ -13,7 +13,7 @@ The busy-host wait is not a repetition: the "after" runs pass `--perf-busy-share
 criterion off) so that a busy benchmark host measures the repetitions, not the waiting; the
 wait's own bound (30 s plus one more measurement) is reported beside.
 
-Run:  .venv/bin/python benchmarks/bench_perf_repetitions.py --before REV --patch-from REV2
+Run:  .venv/bin/python benchmarks/bench_perf_repetitions.py --before REV --commits C1 [C2 ...]
       [--repeats 3] [--md benchmarks/RESULTS_perf_repetitions.md]
 """
 
@@ -39,14 +39,15 @@ PATHS = ("llorch_harness/perf", "llorch_harness/plugin/options.py", "tests_hw/te
 GATE_TIMEOUT_S = 1800
 
 
-def _tree(rev: str, dest: Path, patch_from: str | None = None) -> Path:
+def _tree(rev: str, dest: Path, commits: tuple[str, ...] = ()) -> Path:
     dest.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
-    if patch_from:
-        diff = subprocess.run(["git", "diff", rev, patch_from, "--", *PATHS], cwd=ROOT,
+    for c in commits:
+        diff = subprocess.run(["git", "diff", f"{c}^", c, "--", *PATHS], cwd=ROOT,
                               capture_output=True, check=True).stdout
-        subprocess.run(["git", "apply", "-"], cwd=dest, input=diff, check=True)
+        if diff:
+            subprocess.run(["git", "apply", "-"], cwd=dest, input=diff, check=True)
     return dest
 
 
@@ -79,14 +80,14 @@ def _load() -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", required=True)
-    ap.add_argument("--patch-from", required=True)
+    ap.add_argument("--commits", nargs="+", required=True)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--md", type=Path, default=None)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-perf-rep-"))
     try:
         before = _tree(args.before, tmp / "before")
-        after = _tree(args.before, tmp / "after", args.patch_from)
+        after = _tree(args.before, tmp / "after", tuple(args.commits))
         load0 = _load()
         runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
         for i in range(args.repeats):
@@ -109,7 +110,7 @@ def main() -> int:
         "",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- command: `python benchmarks/bench_perf_repetitions.py --before {args.before} "
-        f"--patch-from {args.patch_from} --repeats {args.repeats}`",
+        f"--commits {' '.join(args.commits)} --repeats {args.repeats}`",
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs (shared with other jobs)",
         f"- load average at start {load0}, at end {load1}",
         "- before: perf/1 (3 loads, a warm-up and 5 requests on the last); after: perf/2 "
