@@ -116,8 +116,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "performance is measured, recorded or compared", kind="bool"),
     OptionSpec("--perf-busy-share", "llorch_perf_busy_share", "LLORCH_PERF_BUSY_SHARE",
                "the host counts as busy for \"No performance regression\" when other processes "
-               "use more than this share of the cores or the GPU (default 0.25; 1 turns the "
-               "CPU criterion off)", kind="float", metavar="F"),
+               "use more than this share of the cores or the GPU (default 0.25; 1 turns both "
+               "off, a throttled device still counts)", kind="float", metavar="F"),
     OptionSpec("--perf-quiet-wait", "llorch_perf_quiet_wait", "LLORCH_PERF_QUIET_WAIT",
                "seconds a busy host is waited for before the performance item is \"could not "
                "check (host busy)\" (default 30)", kind="float", metavar="S"),
