@@ -105,16 +105,10 @@ def _visible(ch: str) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-def term_text(value: object, *, keep_newlines: bool = False) -> str:
-    """A value safe to print: every control character (C0 but `\\n` when kept, DEL, C1,
-    line/paragraph separators, bidi overrides) shown as a visible `\\xNN` escape, so
-    nothing from outside moves the cursor, clears the screen, sets a title or reorders text."""
-    out = []
-    for ch in str(value):
-        if ch == "\n" and keep_newlines:
-            out.append(ch)
-        elif ch in _BIDI or unicodedata.category(ch) in ("Cc", "Zl", "Zp"):
-            out.append(_visible(ch))
-        else:
-            out.append(ch)
-    return "".join(out)
+def term_text(value: object) -> str:
+    """A value safe to print on one line: every control character (C0 newline included,
+    DEL, C1, line/paragraph separators, bidi overrides) shown as a visible `\\xNN` escape,
+    so nothing from outside moves the cursor, clears the screen, sets a title, fakes a line
+    or reorders text."""
+    return "".join(_visible(ch) if ch in _BIDI or unicodedata.category(ch) in ("Cc", "Zl", "Zp")
+                   else ch for ch in str(value))
