@@ -131,9 +131,9 @@ class Evaluator:
             out = self.run_dir / "steps" / _safe(rec.label) / f"run{j}"
             got = run_gate(self.gate, bin_dir, items, out, results_db=db)
             rec.runs.append(got.items)
-            self.say(f"{head}: run {j}: " + ", ".join(
-                f"{name} {r.status.upper()}" for name, r in got.items.items()
-                if items is not None or r.status in ("fail", "error")) or f"{head}: run {j}")
+            shown = [f"{name} {r.status.upper()}" for name, r in got.items.items()
+                     if items is not None or r.status in ("fail", "error")]
+            self.say(f"{head}: run {j}: {', '.join(shown) or 'no item failed'}")
         rec.test_seconds = time.monotonic() - t0
         if items is not None:
             per_item = {i: rec.statuses(i) for i in items}
