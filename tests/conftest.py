@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+import signal
 from pathlib import Path
 
 import psutil
@@ -35,6 +36,15 @@ def leftover_marked_processes(base: Path) -> list[psutil.Process]:
         if root and root.startswith(prefix) and proc.pid != os.getpid():
             found.append(proc)
     return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests stop their children with SIGINT (Ctrl-C) and expect what a user gets. A suite
+    started as a background job of a script (`cmd &`, a CI step) inherits SIGINT ignored,
+    and every child it starts would inherit that too, so those tests failed there: Python's
+    handler is restored here, and children then start with SIGINT's default action."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
