@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llorch_harness.choices import check_name
 from llorch_harness.cli.common import finite_seconds, int_in_range, port_number
 from llorch_harness.errors import HarnessError
 from llorch_harness.pool.backends import BACKEND_NAMES, get_backend
@@ -244,9 +245,11 @@ def _backend(value: str) -> str:
 
 def _backends_list(value: str) -> str:
     items = [b.strip() for b in value.split(",") if b.strip()]
-    if not items or any(b not in BACKEND_NAMES for b in items):
+    if not items:
         raise HarnessError(f"invalid backends {value!r}",
                            f"comma list of {', '.join(BACKEND_NAMES)}", exit_code=2)
+    for item in items:  # a mistyped name: choices.UnknownName, the backend status
+        check_name("backend", item, BACKEND_NAMES)
     return ",".join(items)
 
 
