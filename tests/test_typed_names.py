@@ -157,3 +157,16 @@ def test_history_backend_typo_has_the_backend_status(tmp_path: Path) -> None:
                          env=env, capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == EXIT_CODES["backend"], res.stderr
     assert "did you mean cuda?" in the_line(res, "error: unknown backend 'cdua'")
+
+
+def test_llorch_checks_a_backend_name_before_anything_is_forwarded(tmp_path: Path) -> None:
+    """`llorch pool ... --host` refuses a mistyped backend locally, with the backend status;
+    the host does not exist, so reaching ssh at all would say something else."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLORCH_")}
+    res = subprocess.run([str(LLORCH_POOL.parent / "llorch"), "pool", "models", "register", "m",
+                          "--name", "M", "--repo", "org/m", "--architecture", "qwen2",
+                          "--backends", "cpu,cdua", "--host", "no-such-host.invalid"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert res.returncode == EXIT_CODES["backend"], res.stderr
+    assert "did you mean cuda?" in the_line(res, "error: unknown backend 'cdua'")
