@@ -25,7 +25,8 @@ MODEL_CHECKS = (
     "test_output_agrees_with_reference", "test_greedy_repeat_identical",
     "test_interleaved_prompt_lengths", "test_restart_gives_same_tokens",
     "test_no_error_patterns", "test_seeded_sampling", "test_streams_obey_contract",
-    "test_tokens_generated", "test_golden_tokens",
+    "test_tokens_generated", "test_golden_tokens", "test_concurrent_requests_identical",
+    "test_no_state_left_by_rejected_or_failed_requests", "test_prompt_near_the_context_limit",
 )
 
 

@@ -33,7 +33,18 @@ FLAG_NAMES: tuple[str, ...] = (
     "decode_positions",
     "wrong_rope_base",
     "swapped_layers",
+    "concurrent_drift",
+    "dirty_after_reject",
+    "dirty_after_failure",
+    "context_edge",
 )
+# `context_edge`: prompts of this many tokens or more fail (buffers sized for fewer positions)
+CONTEXT_EDGE_TOKENS = 1024
+
+
+def context_edge(context: int) -> int:
+    """Where `context_edge` starts failing: 1024 positions, or 3/4 of a smaller context."""
+    return min(CONTEXT_EDGE_TOKENS, context * 3 // 4)
 VALUE_NAMES: tuple[str, ...] = ("slow_start", "slow_execute")
 # `slow_decode=F`: every decode step takes F times as long (the prompt's pass keeps its
 # speed), a build that "decodes slower" by a known factor for the performance check.
@@ -70,6 +81,12 @@ class Faults:
     # with a base 100 times too small; the weights of layers 0 and 1 loaded into each other.
     wrong_rope_base: bool = False
     swapped_layers: bool = False
+    # Determinism axes (issue 26): output that depends on requests overlapping, state left by
+    # a rejected (400/422) or a failed request, and prompts near the limit the worker accepts.
+    concurrent_drift: bool = False  # a request that waited for another runs on its cache
+    dirty_after_reject: bool = False  # the request after a 400/422 runs on a stale cache
+    dirty_after_failure: bool = False  # the request after an error event does too
+    context_edge: bool = False  # prompts of CONTEXT_EDGE_TOKENS tokens or more fail
     slow_start: float = 0.0
     slow_execute: float = 0.0
     slow_decode: float = 0.0  # a factor >= 1; 0 means off

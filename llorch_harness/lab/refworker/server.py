@@ -167,10 +167,18 @@ class WorkerHandler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         """Every request runs under the process-wide lock (the frozen single thread)."""
         self.server.mark(self.connection, False)
-        with self.server.ctx.freeze:
+        ctx = self.server.ctx
+        waited = not ctx.freeze.acquire(blocking=False)
+        if waited:
+            ctx.freeze.acquire()
+        try:
+            if waited and ctx.faults.concurrent_drift:
+                ctx.service.mark_dirty()  # fault: a request that queued runs on a stale cache
             cid = self.headers.get("x-correlation-id")
             self.correlation_id = cid if is_uuid_shaped(cid) else str(uuid.uuid4())
             self._dispatch(method)
+        finally:
+            ctx.freeze.release()
 
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
@@ -339,10 +347,14 @@ class WorkerHandler(BaseHTTPRequestHandler):
         try:
             req = extract_execute(content_type, raw)
         except JsonRejection as rejected:
+            if ctx.faults.dirty_after_reject:
+                ctx.service.mark_dirty()
             self._send_plain(rejected.status, rejected.text.encode())
             return
         errors = validate_all(req)
         if errors:
+            if ctx.faults.dirty_after_reject:
+                ctx.service.mark_dirty()
             ctx.log.warn("Validation failed", job_id=req.job_id)
             narration.validation_failed(ctx.log, req.job_id)
             self._send_json(HTTPStatus.BAD_REQUEST, errors_body(errors))

@@ -19,7 +19,7 @@ from typing import Any
 
 from llorch_harness.lab.refworker import narration
 from llorch_harness.lab.refworker.engine import Engine, GenerationParams, GenerationResult
-from llorch_harness.lab.refworker.faults import Faults
+from llorch_harness.lab.refworker.faults import Faults, context_edge
 from llorch_harness.lab.refworker.inference import CandledBackend, SamplingConfig
 from llorch_harness.lab.refworker.jsonbody import RawExecuteRequest
 from llorch_harness.lab.refworker.logs import JsonLogger
@@ -74,6 +74,7 @@ class InferenceService:
         self.wire = wire
         self._last_prompt_len: int | None = None
         self._polluted_by_warmup = False
+        self._dirty = False  # the determinism-axis faults: the next request reuses the cache
         self._never = threading.Event()
 
     def warm_up(self, *, pollute: bool) -> None:
@@ -85,8 +86,15 @@ class InferenceService:
             self._last_prompt_len = n
             self._polluted_by_warmup = True
 
+    def mark_dirty(self) -> None:
+        """The next request runs on the last one's cache (the determinism-axis faults)."""
+        self._dirty = True
+
     def _reuse_cache(self, prompt: str) -> bool:
         f = self.faults
+        if self._dirty:
+            self._dirty = False
+            return True
         if self._polluted_by_warmup or (f.broadcast and f.drift):
             return True
         if not (f.broadcast or f.drift) or self._last_prompt_len is None:
@@ -110,6 +118,8 @@ class InferenceService:
         try:
             pieces, events, n_prompt = self._generate(req, model_name, reuse)
         except Exception as err:  # every failure becomes an error event, never a dead worker
+            if self.faults.dirty_after_failure:  # fault: the error path leaves keys behind
+                self.warm_up(pollute=True)
             message = str(err) or type(err).__name__
             self.log.warn("Inference failed", job_id=req.job_id, error=message)
             narration.inference_failed(self.log, req.job_id, message)
@@ -125,6 +135,11 @@ class InferenceService:
     def _generate(self, req: RawExecuteRequest, model_name: str,
                   reuse: bool) -> tuple[list[str], list[Event], int]:
         cfg = SamplingConfig.from_request(req)
+        if self.faults.context_edge:
+            edge = context_edge(int(self.engine.config.max_position_embeddings))
+            if len(self.engine.encode(req.prompt)) >= edge:
+                raise IndexError(f"index out of range: the position buffer holds {edge} "
+                                 "positions (fault switch context_edge)")
         if self.wire == WIRE_CP3:
             stale = self._last_prompt_len if reuse else None
             if reuse and stale is None:
