@@ -245,7 +245,8 @@ def test_skips_next_to_the_first_bad_commit_give_the_smallest_range(repo) -> Non
     lines = report.terminal_lines(result)
     assert any("build failed (exit 101)" in ln for ln in lines)
     page = render.render_html(result)
-    assert "<b>" not in page and "&lt;b&gt;" not in page  # reasons are in the JSON, not here
+    assert "<b>" not in page and "&lt;b&gt;fail&lt;/b&gt; &amp; why" in page  # a bad step's
+    # reason, as text
     assert page.count("<tr>") == 1 + len(ans["range"]) + 1 + len(result.steps)
 
 

@@ -95,11 +95,13 @@ def _steps_html(result: BisectResult) -> list[str]:
            "S skip), per item</th><th>decision</th></tr>"]
     for s in result.steps:
         decision = "-" if s.phase == "discover" else s.decision
+        why = s.note or (next((r for r in (s.reason(i, "fail") for i in result.items) if r), "")
+                         if decision == "bad" else "")
         out.append(f"<tr><td>{_e(s.label)}</td><td><code>{_e(s.commit.short)}</code></td>"
                    f"<td>{_e(s.commit.subject)}</td><td>{_e(build_cell(s))}</td>"
                    f"<td>{_e(runs_cell(s, result.items))}</td>"
                    f"<td class=\"{_e(decision)}\">{_e(decision.upper())}"
-                   f"<div class=\"reason\">{_e(s.note)}</div></td></tr>")
+                   f"<div class=\"reason\">{_e(why[:300])}</div></td></tr>")
     return [*out, "</table>"]
 
 
