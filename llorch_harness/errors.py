@@ -109,7 +109,8 @@ class PoolUnreachable(LabFailure):
         kind = ssh_failure_kind(detail)
         super().__init__(
             f"pool unreachable over ssh ({kind})", detail, hint,
-            transient=kind in ("timeout", "connection reset"),
+            # only failures before a session exists are retried: nothing ran on the pool
+            transient=any(w in detail.lower() for w in ("timed out", "kex_exchange")),
             message=f"cannot reach pool {pool} over ssh: "
                     f"{detail or 'ssh exited with status 255'}",
             exit_code=SSH_FAILED)

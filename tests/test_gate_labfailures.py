@@ -186,7 +186,9 @@ def test_ssh_timeout_is_a_transient_lab_cause(tmp_path: Path, sshd: SshdServer,
     with pytest.raises(PoolUnreachable) as info:
         _run(tmp_path, sshd, "slow", port=silent_port, connect_timeout=2)
     assert info.value.cause == "pool unreachable over ssh (timeout)", info.value.detail
-    assert info.value.transient
+    assert info.value.transient and info.value.retried  # tried twice: nothing ran there
+    retries = labretry.drain()
+    assert len(retries) == 1 and retries[0]["outcome"].startswith("failed again"), retries
 
 
 def test_a_remote_command_that_ran_and_failed_is_no_lab_cause(tmp_path: Path,
@@ -417,3 +419,21 @@ def test_the_gates_remote_commands_turn_an_unreachable_pool_into_a_lab_failure(
     res = gatehelpers.run_module(gatehelpers.LLORCH_MODULE, [
         "--pools-file", str(pf), "pool", "models", "verify", "no-such-model", "--host", "live"])
     assert res.returncode not in (0, 255)
+
+
+def test_a_device_tool_that_hangs_cannot_read_device_health(monkeypatch, tmp_path) -> None:
+    """A real `nvidia-smi` stand-in that never answers: stopped at its timeout, and the
+    device's health is unreadable (could not check), not a finding about the device."""
+    from llorch_harness.pool.devicehealth import smi
+
+    tool = tmp_path / "nvidia-smi"
+    tool.write_text("#!/bin/sh\nexec sleep 600\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setattr(smi, "TIMEOUT_S", 1.0)
+    readings = devicehealth.collect("cuda", [0])
+    assert readings and readings[0].source == "none", readings
+    with pytest.raises(LabFailure) as info:
+        devicehealth.require_readable("cuda", readings)
+    assert info.value.cause == "device health unreadable"
+    assert "nvidia-smi" in info.value.detail

@@ -92,7 +92,7 @@ class RemotePool:
         Raises PoolUnreachable when ssh itself fails (255), RemoteTimeout (124) past the
         timeout; the remote command never outlives this call (Ctrl-C included).
         """
-        res = self.transport.run(
+        res = self.transport.run_retrying(  # a connect timeout once more, noted
             self.words(args), timeout=timeout,
             stdout=Output.CAPTURE if capture else Output.INHERIT, echo_stderr=not capture)
         return CompletedRemote(

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 from llorch_harness import redaction
 from llorch_harness.errors import (
@@ -37,6 +37,7 @@ from llorch_harness.errors import (
     PoolUnreachable,
     RemoteTimeout,
 )
+from llorch_harness.labretry import retry_once
 from llorch_harness.remote.poolsfile import PoolConfig, env_ssh_config
 
 SERVER_ALIVE_INTERVAL = 15
@@ -251,6 +252,12 @@ class SshTransport:
             raise PoolUnreachable(self.config.label(), self.host, detail,
                                   unreachable_hint(detail))
         return RemoteResult(returncode, bytes(call.out), stderr, time.monotonic() - start)
+
+    def run_retrying(self, words: Sequence[str], **kw: Any) -> RemoteResult:
+        """`run`, once more after ssh's own transient failure (a connect timeout or reset:
+        nothing ran on the pool); the retry is noted for the report (`labretry`)."""
+        return retry_once(lambda: self.run(words, **kw),
+                          f"ssh to pool {self.config.label()}")
 
 
 class _Call:
