@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -78,3 +79,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if reporter is not None:
         reporter.write_line(message, red=True)
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded tiny Qwen2 (small vocabulary, seed 0), built once per session for the
+    reference-check tests."""
+    from llorch_harness.lab.tinymodel import build_tiny_model
+
+    out = tmp_path_factory.mktemp("ref") / "tiny-qwen"
+    build_tiny_model(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def numpy_ref(tiny: Path) -> Any:
+    """The numpy reference on `tiny`."""
+    from llorch_harness.checks.reference import NumpyReference
+
+    return NumpyReference(tiny)

@@ -5,10 +5,8 @@ spells the text, it shows the evidence, and its cost is bounded and said."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from llorch_harness.checks.agreement import ReferenceRunner
 from llorch_harness.checks.alignsearch import SearchBounds
@@ -25,20 +23,6 @@ BF16_IDS = [551, 271, 360, 263, 298, 298, 81, 544, 320, 536, 338, 40, 374, 355, 
             499, 313, 414, 516]
 IM_START = 1  # invisible: a special token of the tiny vocabulary
 F, G, H = 40, 41, 42  # single-byte tokens 'F', 'G', 'H'
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from llorch_harness.lab.tinymodel import build_tiny_model
-
-    out = tmp_path_factory.mktemp("search") / "tiny-qwen"
-    build_tiny_model(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def numpy_ref(tiny: Path) -> NumpyReference:
-    return NumpyReference(tiny)
 
 
 def test_the_bfloat16_run_that_failed_on_another_cpu_passes(numpy_ref: NumpyReference) -> None:

@@ -27,20 +27,6 @@ from tests.sse_servers import good_events, pieces_of
 PROMPT = "Hello, how are you?"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from llorch_harness.lab.tinymodel import build_tiny_model
-
-    out = tmp_path_factory.mktemp("ref") / "tiny-qwen"
-    build_tiny_model(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def numpy_ref(tiny: Path) -> NumpyReference:
-    return NumpyReference(tiny)
-
-
 def stream(prompt: str, pieces: list[str], max_tokens: int, generated: int | None,
            temperature: float = 0.0) -> StreamResult:
     """A successful real-wire stream with the log's count of generated tokens."""
