@@ -8,7 +8,8 @@ exception:
 
 - HTML: `html(template, *values)` fills a template the harness wrote with values that are
   escaped unless they are already `Markup` (markupsafe, Jinja2's own escaping core). Every
-  value is redacted first. `join` joins fragments without unescaping them.
+  value is redacted first. `join` joins fragments without unescaping them. `inline_code`
+  shows a checklist text's `code` spans as <code> instead of literal backticks.
 - Markdown: `md_text` makes a value inline text that no renderer turns into a link, image,
   emphasis, code span, HTML or a table split; `md_code` makes it a code span whatever
   backticks it holds.
@@ -27,7 +28,8 @@ from markupsafe import Markup, escape
 
 from llorch_harness.redaction import redact
 
-__all__ = ["Markup", "html", "join", "md_code", "md_text", "one_line", "term_text", "text"]
+__all__ = ["Markup", "html", "inline_code", "join", "md_code", "md_text", "one_line", "term_text",
+           "text"]
 
 MAX_MD_TEXT = 300  # a value in a Markdown line is one line, not a log
 
@@ -49,6 +51,25 @@ def html(template: str, *args: Any, **kwargs: Any) -> Markup:
 def join(sep: str, parts: Iterable[object]) -> Markup:
     """Fragments joined by `sep` (the harness's markup); plain strings among them escaped."""
     return Markup(sep).join(text(p) for p in parts)
+
+
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+
+
+def inline_code(value: object) -> Markup:
+    """A text such as the seed's "`cargo fmt --all` clean" as HTML: each paired backtick span
+    becomes `<code>`, everything else escaped text (so no backtick is shown raw)."""
+    if isinstance(value, Markup):
+        return value
+    raw = redact(str(value))
+    parts: list[Markup] = []
+    last = 0
+    for m in _CODE_SPAN.finditer(raw):
+        parts.append(escape(raw[last:m.start()]))
+        parts.append(Markup("<code>{}</code>").format(m.group(1)))
+        last = m.end()
+    parts.append(escape(raw[last:]))
+    return Markup("").join(parts)
 
 
 # --------------------------------------------------------------------------- Markdown

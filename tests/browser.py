@@ -15,11 +15,19 @@ API (small on purpose; other tests use it):
 - `Page.ran()`: the evidence that something ran (empty list: nothing did); `Page.live()`:
   elements that came out of a value as markup (an `on*` attribute, a `javascript:` URL,
   a `<script>` holding the payload) even if they did not fire.
+- `look_at(path, selectors)`: what a person sees at 1280x800 (issue 28 item 3): a copy of
+  the page with a probe script in front of its own, so the page's script errors (uncaught
+  errors, rejections, `console.error`) are caught, and after load each selector's boxes
+  (`getBoundingClientRect`, viewport coordinates, page scrolled to the top) and the text
+  a person can read (`innerText` after pytest-html's "Show all details", logs apart).
 """
 
 from __future__ import annotations
 
+import html as htmlmod
+import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -121,11 +129,11 @@ def chromium() -> str:
     raise AssertionError("unreachable")
 
 
-def open_page(path: Path | str) -> Page:
+def open_page(path: Path | str, *flags: str) -> Page:
     """Load `path` in headless Chromium; the DOM after its scripts ran, and the log."""
     exe = chromium()
     with tempfile.TemporaryDirectory(prefix="llorch-chromium-") as profile:
-        argv = [exe, *_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
+        argv = [exe, *_FLAGS, *flags, f"--user-data-dir={profile}", "--dump-dom",
                 Path(path).resolve().as_uri()]
         env = {**os.environ, "HOME": profile}
         proc = subprocess.run(argv, capture_output=True, text=True, errors="replace",
@@ -134,3 +142,77 @@ def open_page(path: Path | str) -> Page:
         raise AssertionError(f"chromium exited {proc.returncode} without a DOM: "
                              f"{proc.stderr[-2000:]}")
     return Page(proc.stdout, proc.stderr)
+
+
+WINDOW = (1280, 800)
+PROBE_ID = "llorch-probe"
+_PROBE_JS = """(function(){
+var errs=[];
+window.addEventListener('error',function(e){errs.push('error: '+e.message+' at '+
+  (e.filename||'')+':'+(e.lineno||''));});
+window.addEventListener('unhandledrejection',function(e){errs.push('rejection: '+e.reason);});
+var ce=console.error;console.error=function(){
+  errs.push('console.error: '+Array.prototype.join.call(arguments,' '));
+  return ce.apply(console,arguments);};
+window.addEventListener('load',function(){setTimeout(function(){
+  window.scrollTo(0,0);
+  var out={viewport:[innerWidth,innerHeight],rects:{},errors:errs};
+  SELECTORS.forEach(function(s){out.rects[s]=Array.prototype.map.call(
+    document.querySelectorAll(s),function(el){var r=el.getBoundingClientRect();
+    return {top:r.top,left:r.left,width:r.width,height:r.height,
+            text:(el.innerText||'').slice(0,400)};});});
+  var show=document.getElementById('show_all_details');if(show){show.click();}
+  var logs=Array.prototype.slice.call(document.querySelectorAll('.log'));
+  out.logs=logs.map(function(el){return el.innerText||el.textContent||'';});
+  logs.forEach(function(el){el.setAttribute('data-llorch-hidden',el.style.display);
+    el.style.display='none';});
+  out.text=document.body.innerText;
+  logs.forEach(function(el){el.style.display=el.getAttribute('data-llorch-hidden');});
+  var pre=document.createElement('pre');pre.id='PROBE_ID';pre.hidden=true;
+  pre.textContent=JSON.stringify(out);document.body.appendChild(pre);
+},300);});
+})();"""
+
+
+@dataclass
+class Look:
+    """What the probe saw: the viewport, each selector's boxes, the page's script errors,
+    the readable text (logs apart) and Chromium's log."""
+
+    viewport: tuple[int, int]
+    rects: dict[str, list[dict]]
+    errors: list[str]
+    text: str
+    logs: list[str]
+    chromium_log: str
+
+    def console_errors(self) -> list[str]:
+        """Script errors: the probe's, and any Chromium logged from the page's console."""
+        logged = [ln for ln in self.chromium_log.splitlines()
+                  if "CONSOLE" in ln and ("Uncaught" in ln or ":ERROR:" in ln)]
+        return self.errors + logged
+
+
+def look_at(path: Path | str, selectors: list[str]) -> Look:
+    """Open a copy of `path` (beside it, so relative links still resolve) with the probe
+    first in its <head>, in a 1280x800 window."""
+    page = Path(path)
+    source = page.read_text(encoding="utf-8")
+    script = (_PROBE_JS.replace("SELECTORS", json.dumps(selectors))
+              .replace("PROBE_ID", PROBE_ID))
+    tag = f"<script>{script}</script>"
+    found = re.search(r"<head[^>]*>", source, re.IGNORECASE)
+    probed = (source[:found.end()] + tag + source[found.end():]) if found else tag + source
+    copy = page.with_name(f".probe-{page.name}")
+    copy.write_text(probed, encoding="utf-8")
+    try:
+        seen = open_page(copy, f"--window-size={WINDOW[0]},{WINDOW[1]}", "--hide-scrollbars")
+    finally:
+        copy.unlink(missing_ok=True)
+    m = re.search(rf'<pre id="{PROBE_ID}"[^>]*>(.*?)</pre>', seen.dom, re.DOTALL)
+    if m is None:
+        raise AssertionError(f"the probe wrote nothing (the page's load never finished?): "
+                             f"{seen.log[-2000:]}")
+    data = json.loads(htmlmod.unescape(m.group(1)))
+    return Look(tuple(data["viewport"]), data["rects"], data["errors"], data["text"],
+                data["logs"], seen.log)

@@ -187,10 +187,24 @@ def _skip_reason(longrepr: Any) -> str | None:
 def _fail_reason(longrepr: Any) -> str:
     crash = getattr(longrepr, "reprcrash", None)
     if crash is not None and getattr(crash, "message", None):
-        return str(crash.message).splitlines()[0][:500] if crash.message else "failed"
+        return (_actual_and_expected(str(crash.message))
+                or str(crash.message).splitlines()[0])[:500]
     text = str(longrepr) if longrepr is not None else "failed"
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return (lines[-1] if lines else "failed")[:500]
+
+
+def _actual_and_expected(message: str) -> str | None:
+    """A gatehelpers.expect failure (`expected: X` / `got: Y` / `look at: Z` lines) as one
+    sentence with the actual value beside the expected one, not only the expected half."""
+    fields: dict[str, str] = {}
+    for line in message.removeprefix("Failed: ").splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key in ("expected", "got") and key not in fields:
+            fields[key] = value.strip()
+    if "expected" not in fields or "got" not in fields:
+        return None
+    return f"got {fields['got']}; expected {fields['expected']}"
 
 
 class GateCollector:

@@ -17,12 +17,12 @@ from urllib.parse import quote, urlsplit
 from llorch_harness import __version__
 from llorch_harness.errors import HarnessError
 from llorch_harness.fsutil import atomic_write_text, refuse_non_regular_target
-from llorch_harness.gate import modelsupport
+from llorch_harness.gate import mergeview, modelsupport
 from llorch_harness.gate.checklist import CHECKPOINT
 from llorch_harness.gate.results import PoolResult
 from llorch_harness.gate.supportrender import render_html_section, render_markdown
 from llorch_harness.redaction import redact
-from llorch_harness.safetext import term_text
+from llorch_harness.safetext import inline_code, term_text
 from llorch_harness.safetext import text as html_text
 
 if TYPE_CHECKING:  # the merge imports this module: the type only, no import cycle
@@ -122,13 +122,24 @@ body{font-family:system-ui,sans-serif;margin:2em;color:#1f2328}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #d0d7de;padding:4px 8px;
 text-align:left;vertical-align:top}th{background:#f6f8fa}.section td{background:#eaeef2;
 font-weight:bold}.reason{font-size:.85em;color:#57606a;max-width:28em;overflow-wrap:anywhere}
-.verdict{font-size:1.6em;font-weight:bold;padding:8px;border:3px solid}
+.verdict{font-size:1.9em;font-weight:bold;padding:10px 14px;border:4px solid;margin:6px 0}
+.verdict .counts{font-size:.55em;font-weight:normal;color:#1f2328;margin-top:4px}
+.verdict .elsewhere{font-size:.45em;font-weight:normal;color:#57606a;margin-top:2px}
 .problems li{margin:.2em 0}code{font-size:.9em}
 """
 
 
 def _e(value: object) -> str:
     return str(html_text(value))  # the one escaping layer (safetext)
+
+
+def _code(value: object) -> str:
+    """A checklist text with its `code` spans as <code> (never raw backticks)."""
+    return str(inline_code(value))
+
+
+def _known(value: object) -> str:
+    return _e("unknown" if value is None or value == "" else value)
 
 
 def _badge(status: str, required: bool) -> str:
@@ -149,20 +160,24 @@ def render_html(m: MergedGate, reports: Mapping[str, Path | str | None], page_di
         f"<title>{_e(CHECKPOINT)} gate: merged verdict ({_e(m.verdict.upper())})</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{_e(CHECKPOINT)} gate: all pools</h1>",
-        f'<p id="verdict" class="verdict" style="color:{color};border-color:{color}">'
-        f"{_e(CHECKPOINT)} verdict: {_e(m.verdict_line)}</p>",
+        f'<div id="verdict" class="verdict" style="color:{color};border-color:{color}">'
+        f"{_e(CHECKPOINT)} verdict: {_code(m.verdict_line)}"
+        f'<div class="counts">items: {_e(mergeview.counts_text(m))}</div>'
+        + (f'<div class="elsewhere">need another pool: '
+           f"{'; '.join(_code(n) for n in mergeview.needs_pool(m))}</div>"
+           if mergeview.needs_pool(m) else "") + "</div>",
         f"<p>Merged by llorch-harness {_e(__version__)} at {_e(_iso(m.generated_at))}; "
         f"results older than {m.max_age_h:g} h or from another harness version are stale."
         + (f" Expected pools: {_e(', '.join(m.expected))}." if m.expected else "") + "</p>",
     ]
     if m.problems:
         out.append('<h2>Why not a pass</h2><ul id="problems" class="problems">')
-        out += [f"<li>{_e(p)}</li>" for p in m.problems]
+        out += [f"<li>{_code(p)}</li>" for p in mergeview.grouped_problems(m)]
         out.append("</ul>")
     if m.lab_problems:  # the lab's failures: not evidence against the worker
         out.append("<h2>Could not check: lab failures (not the worker's fault)</h2>"
                    '<ul id="lab-failures" class="problems">')
-        out += [f"<li>{_e(p)}</li>" for p in m.lab_problems]
+        out += [f"<li>{_code(p)}</li>" for p in dict.fromkeys(m.lab_problems)]
         out.append("</ul>")
     out += _pools_table(m, reports, page_dir)
     out += _checklist_table(m)
@@ -184,7 +199,8 @@ def _pools_table(m: MergedGate, reports: Mapping[str, Path | str | None],
         link = (f'<a href="{_e(link_for(r, page_dir))}">report</a>' if r else "none")
         link += f' · <a href="{_e(link_for(p.source, page_dir))}">json</a>'
         bins = "<br>".join(
-            f"{_e(b)}: <code>{_e(v.get('path'))}</code> sha256 <code>{_e(v.get('sha256'))}</code>"
+            f"{_e(b)}: <code>{_known(v.get('path'))}</code> sha256 "
+            f"<code>{_known(v.get('sha256'))}</code>"
             for b, v in sorted(p.worker_binaries.items())) or "none"
         stale = (f'<div class="reason" style="color:#cf222e">STALE: {_e(m.stale[p.name])}</div>'
                  if p.name in m.stale else "")
@@ -192,8 +208,8 @@ def _pools_table(m: MergedGate, reports: Mapping[str, Path | str | None],
                "not llorch-candled</span>" if p.lab != "real" else _e(p.lab))
         out.append(
             f"<tr><td>{_e(p.name)}</td><td>{_e(p.hostname or '')}</td><td>{lab}</td>"
-            f"<td>{_e(', '.join(p.roles) or 'none')}</td><td>{_e(p.harness_version)}</td>"
-            f"<td>{_e(_iso(p.finished_at))}{stale}</td><td>{bins}</td><td>{link}</td></tr>")
+            f"<td>{_e(', '.join(p.roles) or 'none')}</td><td>{_known(p.harness_version)}</td>"
+            f"<td>{_known(_iso(p.finished_at))}{stale}</td><td>{bins}</td><td>{link}</td></tr>")
     for name, why in m.missing_pools.items():
         out.append(f'<tr><td>{_e(name)}</td><td colspan="7" style="color:#cf222e">'
                    f"MISSING: {_e(why)}</td></tr>")
@@ -218,12 +234,14 @@ def _checklist_table(m: MergedGate) -> list[str]:
             if c is None:
                 cells.append('<td><span style="color:#cf222e">MISSING</span></td>')
                 continue
-            reason = f'<div class="reason">{_e(c.reason)}</div>' if c.reason else ""
+            reason = f'<div class="reason">{_code(c.reason)}</div>' if c.reason else ""
             cells.append(f"<td>{_badge(c.status, c.required)}{reason}</td>")
-        verdict = _badge("pass" if r.ok else "fail", True)
+        word = mergeview.item_word(r)
+        verdict = (f'<span class="item-verdict" style="color:{mergeview.WORD_COLOR[word]};'
+                   f'font-weight:bold">{_e(word)}</span>')
         note = f'<div class="reason">{_e(r.note)}</div>' if r.note else ""
         concerns = f'<div class="reason">concerns: {_e(", ".join(r.concerns))}</div>'
-        out.append(f"<tr><td>{_e(r.item)}{concerns}</td>{''.join(cells)}"
+        out.append(f'<tr class="item"><td>{_code(r.item)}{concerns}</td>{"".join(cells)}'
                    f"<td>{verdict}{note}</td></tr>")
     out.append("</table>")
     return out

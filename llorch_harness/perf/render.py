@@ -119,10 +119,7 @@ def panel_html(panel: Panel) -> Markup:
     head = html('<h4>{} on {}, pool {} — run #{} {}{} — <span style="color:{}">{}</span>{}</h4>',
                 run.model, run.backend, run.pool, run.id, run.recorded_at, src, color, status,
                 accepted)
-    fp = run.fingerprint
-    facts = (f"worker binary {str(run.binary_sha256 or '?')[:16]}, device {fp.get('device')}, "
-             f"driver {fp.get('driver')}, {fp.get('os')}, harness {fp.get('harness_version')}, "
-             f"{fp.get('protocol')}")
+    facts = fingerprint_facts(run)
     rows = [_row(panel, name, comps.get(name)) for name in SPECS if name in run.figures]
     return html('<div class="llorch-perf-panel" data-baseline-key="{}">\n{}\n'
                 '<p class="msg">{}</p>\n<p class="msg"><small>{}</small></p>\n'
@@ -130,6 +127,30 @@ def panel_html(panel: Panel) -> Markup:
                 "<th>baseline ± band</th><th>change</th><th>verdict</th>"
                 "<th>trend (this run marked, band shaded)</th></tr>\n{}</table></div>",
                 run.baseline_key, head, msg, facts, join("\n", rows))
+
+
+def fingerprint_facts(run: StoredRun) -> str:
+    """The record's fingerprint in words; a fact the store does not hold is left out (never
+    `driver None`), the binary is `unknown` when its hash is missing."""
+    fp = run.fingerprint
+    facts = [f"worker binary {str(run.binary_sha256)[:16] if run.binary_sha256 else 'unknown'}"]
+    for label, key in (("device", "device"), ("driver", "driver"), ("", "os"),
+                       ("harness", "harness_version"), ("", "protocol")):
+        value = fp.get(key)
+        if value not in (None, "", "None"):
+            facts.append(f"{label} {value}".strip())
+    return ", ".join(facts)
+
+
+def latest_line(panels: Sequence[Panel]) -> str:
+    """The history page's first line: the newest record's status per model x backend x pool
+    (`latest: tiny-qwen on cpu, pool p: #4 FAIL`), as the reports' verdict."""
+    if not panels:
+        return "no performance records"
+    parts = [f"{r.model} on {r.backend}, pool {r.pool}: "
+             f"#{r.id} {_STATUS_STYLE.get(r.status, (r.status.upper(),))[0]}"
+             for r in (p.current for p in panels)]
+    return "latest: " + "; ".join(parts)
 
 
 def section_html(panels: Sequence[Panel], title: str = "Performance") -> str:
@@ -142,10 +163,16 @@ def section_html(panels: Sequence[Panel], title: str = "Performance") -> str:
 
 def page_html(panels: Sequence[Panel], title: str, intro: str = "") -> str:
     """A whole self-contained page (history --html)."""
+    statuses = {p.current.status for p in panels}
+    color = "#cf222e" if "fail" in statuses else "#1a7f37" if statuses == {"pass"} \
+        else "#9a6700"
     return str(html('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{0}</title>'
-                    '</head><body style="font-family:sans-serif"><h1>{0}</h1><p>{1}</p>{2}'
+                    '</head><body style="font-family:sans-serif"><h1>{0}</h1>'
+                    '<div id="verdict" style="font-size:1.6em;font-weight:bold;color:{3};'
+                    'border:4px solid {3};padding:10px 14px">{4}</div><p>{1}</p>{2}'
                     "</body></html>\n", title, intro,
-                    Markup(section_html(panels, "Figures over runs"))))
+                    Markup(section_html(panels, "Figures over runs")), color,
+                    latest_line(panels)))
 
 
 # --------------------------------------------------------------------------- text

@@ -48,7 +48,7 @@ class MemoryLedger:
         self.directory = directory
         self.owned = owned  # made by this process: the controller reads and removes it
         self.records: list[dict[str, Any]] = []
-        self._watches: dict[int, tuple[WorkerHandle, MemoryWatch, float]] = {}
+        self._watches: dict[int, tuple[WorkerHandle, MemoryWatch, float, int | None]] = {}
         self._lock = threading.Lock()
 
     def before(self, backend: str, gpu: int) -> float | None:
@@ -65,8 +65,9 @@ class MemoryLedger:
                             device_before_mib=device_before_mib)
         watch.sample("ready")
         watch.start_peak(peak_interval(handle.backend))
+        health = _health_vram(handle.uri)
         with self._lock:
-            self._watches[id(handle)] = (handle, watch, time.time())
+            self._watches[id(handle)] = (handle, watch, time.time(), health)
         return watch
 
     def finish(self, handle: WorkerHandle) -> dict[str, Any] | None:
@@ -76,7 +77,7 @@ class MemoryLedger:
             entry = self._watches.pop(id(handle), None)
         if entry is None:
             return None
-        _, watch, started = entry
+        _, watch, started, health = entry
         watch.stop_peak()
         error = None
         try:
@@ -85,6 +86,7 @@ class MemoryLedger:
             error = f"device memory after the stop unread: {exc}"
         record = {"worker_id": handle.worker_id, "xdist_worker":
                   os.environ.get("PYTEST_XDIST_WORKER") or "main", **watch.to_json(),
+                  "health_vram_bytes": health,
                   "started_at": started, "stopped_at": time.time(), "error": error}
         self.records.append(record)
         self._write(record)
@@ -92,7 +94,7 @@ class MemoryLedger:
 
     def finish_all(self) -> None:
         with self._lock:
-            handles = [h for h, _, _ in self._watches.values()]
+            handles = [entry[0] for entry in self._watches.values()]
         for handle in handles:
             self.finish(handle)
 
@@ -102,6 +104,19 @@ class MemoryLedger:
         name = f"{os.getpid()}-{len(self.records)}-{record['worker_id']}.json"
         with contextlib.suppress(OSError):  # the run's results matter more than one record
             atomic_write_text(self.directory / name, json.dumps(record) + "\n")
+
+
+def _health_vram(uri: str) -> int | None:
+    """What `/health` answers for `vram_bytes` at ready (None: no answer). The contract: the
+    safetensors size on cuda builds, 0 on cpu and metal, unlike the ready callback's."""
+    from llorch_harness.checks.workerclient import health
+
+    try:
+        answer = health(uri, timeout=2.0)
+    except Exception:  # a reading must never stop a spawn
+        return None
+    value = answer.get("vram_bytes") if isinstance(answer, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 _KEY = pytest.StashKey[MemoryLedger]()
@@ -138,12 +153,24 @@ def collect(config: pytest.Config) -> list[dict[str, Any]]:
 
 # --------------------------------------------------------------------------- report
 
-_COLUMNS = ("worker", "pid", "at ready", "peak", "device used before spawn",
-            "device used after stop", "memory returned", "/health vram_bytes")
+# Each column says where its number comes from (issue 28 item 2).
+_COLUMNS = ("worker", "pid", "at ready (harness: process RSS, GPU from the device tool)",
+            "peak (harness: sampled until the stop)",
+            "device used before spawn (device tool)", "device used after stop (device tool)",
+            "memory returned (device tool: after ≤ before + tolerance)",
+            "ready callback vram_bytes (worker: safetensors size)",
+            "/health vram_bytes (worker's answer at ready)")
 
 
 def _mib(value: float | int | None, unit: float = MIB) -> str:
     return "n/a" if value is None else f"{value / unit:.1f} MiB"
+
+
+def _reported(value: Any, missing: str) -> str:
+    """A worker's own vram_bytes figure as it said it (bytes), or why there is none."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return missing
+    return f"{value} bytes" + (f" ({value / MIB:.1f} MiB)" if value else "")
 
 
 def _reading(sample: dict[str, Any] | None) -> str:
@@ -157,11 +184,13 @@ def _reading(sample: dict[str, Any] | None) -> str:
 
 def _row(r: dict[str, Any]) -> list[str]:
     returned = r.get("device_memory_returned")
-    return [str(r.get("worker_id")), str(r.get("pid")), _reading(r.get("ready")),
+    return [str(r.get("worker_id") or "unknown"), str(r.get("pid") or "unknown"),
+            _reading(r.get("ready")),
             _reading(r.get("peak")), _mib(r.get("device_used_mib_before_spawn"), 1.0),
             _mib(r.get("device_used_mib_after_stop"), 1.0),
             "n/a" if returned is None else ("yes" if returned else "NO"),
-            str(r.get("vram_bytes_reported"))]
+            _reported(r.get("vram_bytes_reported"), "no callback"),
+            _reported(r.get("health_vram_bytes"), "no answer")]
 
 
 def report_html(records: list[dict[str, Any]]) -> str:

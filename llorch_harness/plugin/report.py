@@ -19,7 +19,7 @@ import pytest
 from llorch_harness.gate.checklist import CHECKPOINT
 from llorch_harness.gate.modelsupport import fmt_bytes
 from llorch_harness.redaction import is_secret_name, redact, secret_values
-from llorch_harness.safetext import Markup, html, join, term_text
+from llorch_harness.safetext import Markup, html, inline_code, join, term_text
 from llorch_harness.safetext import text as html_text
 
 ALLOWED_METADATA = ("Python", "Platform", "Packages", "Plugins")
@@ -40,23 +40,28 @@ def report_title(hostname: str, lab: str) -> str:
     return f"{CHECKPOINT} gate — pool {hostname} — {lab} lab"
 
 
+def known(value: Any) -> str:
+    """A value for a page: `unknown` where the harness has none (never the text `None`)."""
+    return "unknown" if value is None or value == "" else str(value)
+
+
 def harness_metadata(lab: Mapping[str, Any]) -> dict[str, str]:
     """The harness's own rows of the environment table."""
     backends = lab.get("backends", {})
     rows = {
-        f"{HARNESS_PREFIX}lab": str(lab.get("banner", lab.get("lab"))),
-        f"{HARNESS_PREFIX}pool": str(lab.get("hostname")),
-        f"{HARNESS_PREFIX}harness version": str(lab.get("harness_version")),
-        f"{HARNESS_PREFIX}gate model": str(lab.get("gate_model")),
+        f"{HARNESS_PREFIX}lab": known(lab.get("banner", lab.get("lab"))),
+        f"{HARNESS_PREFIX}pool": known(lab.get("hostname")),
+        f"{HARNESS_PREFIX}harness version": known(lab.get("harness_version")),
+        f"{HARNESS_PREFIX}gate model": known(lab.get("gate_model")),
         f"{HARNESS_PREFIX}backends available": ", ".join(
             sorted(n for n, st in backends.items() if st.get("reason") is None)) or "none",
     }
     for name, st in sorted(backends.items()):
         if st.get("binary"):
             rows[f"{HARNESS_PREFIX}{name} binary"] = (
-                f"{st['binary']} sha256 {st.get('binary_sha256')}")
+                f"{st['binary']} sha256 {known(st.get('binary_sha256'))}")
         if st.get("engine"):  # which engine and device served the backend (embedded lab)
-            rows[f"{HARNESS_PREFIX}{name} worker"] = f"{st.get('worker')}, {st['engine']}"
+            rows[f"{HARNESS_PREFIX}{name} worker"] = f"{known(st.get('worker'))}, {st['engine']}"
     return rows
 
 
@@ -109,10 +114,10 @@ def checklist_html(rollup: list[dict[str, Any]], verdict: str,
     label = verdict_line or label
     parts = [Markup('<div id="llorch-cp3-checklist">'),
              html('<h2>{} gate checklist — verdict: <span style="color:{}">{}</span></h2>',
-                  CHECKPOINT, color, label)]
+                  CHECKPOINT, color, inline_code(label))]
     note = unchecked_note(rollup)
     if note:
-        parts.append(html('<p class="llorch-unchecked">{}</p>', "not checked" + note))
+        parts.append(html('<p class="llorch-unchecked">{}</p>', inline_code("not checked" + note)))
     several = any(len(row.get("models") or {}) > 1 for row in rollup)
     section = None
     for row in rollup:
@@ -136,11 +141,12 @@ def _checklist_row(row: Mapping[str, Any], several: bool) -> Markup:
     slabel, scolor = _STATUS_STYLE.get(row["status"], (row["status"], "#57606a"))
     extra = "" if row["seed"] else Markup(" <i>(extra: not a seed item)</i>")
     per = ", ".join(f"{b}: {s}" for b, s in sorted(row["backends"].items()))
-    reasons = join("<br>", row["reasons"])
+    reasons = join("<br>", (inline_code(r) for r in row["reasons"]))
     models = html("<td>{}</td>", per_model(row)) if several else ""
     return html('<tr class="llorch-item llorch-{}"><td style="color:{};font-weight:bold">{}'
                 "</td><td>{}{}</td><td>{}</td>{}<td>{}</td></tr>",
-                str(row["status"]).replace(" ", "-"), scolor, slabel, row["item"], extra, per,
+                str(row["status"]).replace(" ", "-"), scolor, slabel, inline_code(row["item"]),
+                extra, per,
                 models, reasons)
 
 
@@ -246,7 +252,7 @@ def lab_html(failures: list[dict[str, Any]], retries: list[dict[str, Any]]) -> s
         parts += [html('<tr class="llorch-lab"><td style="color:#bc4c00;font-weight:bold">'
                        "COULD NOT CHECK</td><td>lab: {}{}</td><td>{}</td><td>{}</td>"
                        "<td>{}</td></tr>", f["cause"],
-                       " (retried once)" if f.get("retried") else "", f["item"],
+                       " (retried once)" if f.get("retried") else "", inline_code(f["item"]),
                        f.get("backend") or "pool", f.get("detail") or "") for f in failures]
         parts.append(Markup("</table>"))
     if retries:

@@ -12,7 +12,7 @@ import pytest
 
 from llorch_harness.errors import HarnessError
 from llorch_harness.gate import checklist as gate
-from llorch_harness.plugin import labs, memory
+from llorch_harness.plugin import firstscreen, labs, memory
 from llorch_harness.plugin import report as rpt
 from llorch_harness.plugin.activation import is_xdist_worker
 from llorch_harness.plugin.fixtures import LAB_KEY, stop_tracked
@@ -39,6 +39,7 @@ class GateResults:
         self.started_at = now()
         self.health: Any = None  # devicehealth.session.SessionHealth on the controller
         self.memory: list[dict[str, Any]] = []  # every worker life's memory (controller)
+        firstscreen.make_self_contained(config)  # a report stays true after later runs
 
     @property
     def decision(self) -> labs.LabDecision:
@@ -152,6 +153,11 @@ class GateResults:
         return labcause.lab_failures(results), labcause.retries(results)
 
     @pytest.hookimpl(optionalhook=True)
+    def pytest_html_results_table_html(self, report: pytest.TestReport,
+                                       data: list[str]) -> None:
+        firstscreen.clean_log(report, data)  # a skip as its sentence, not a Python tuple
+
+    @pytest.hookimpl(optionalhook=True)
     def pytest_html_report_title(self, report: Any) -> None:
         report.title = rpt.report_title(self.decision.hostname, self.decision.lab)
 
@@ -162,8 +168,12 @@ class GateResults:
             from pytest_metadata.plugin import metadata_key
 
             rpt.escape_environment(session.config.stash[metadata_key])
-        prefix.append(rpt.banner_html(self.decision.banner(), self.decision.lab))
         collector = self.collector
+        here = [n for n, st in self.decision.backends.items() if st.usable]
+        prefix.append(firstscreen.FIRST_SCREEN_CSS)  # the verdict first, then the banner
+        prefix.append(firstscreen.verdict_html(collector.item_rollup(), collector.verdict(),
+                                               collector.verdict_line(), here))
+        prefix.append(rpt.banner_html(self.decision.banner(), self.decision.lab))
         prefix.append(rpt.checklist_html(collector.item_rollup(), collector.verdict(),
                                          collector.verdict_line()))
         lab = rpt.lab_html(*self._lab())

@@ -1,0 +1,76 @@
+"""Issue 28 item 1: a report stays true after later runs.
+
+pytest-html without `--self-contained-html` writes each attachment to `reports/assets/<test
+id>.txt`, the same name every run: run 1's report ("recorded only") then linked to run 4's
+attachment (`"record": 4`). The gate makes its `--html` report self-contained by default,
+so the README's command gives a report that can be handed in.
+
+Four gate runs with the README's `--html=reports/cp3.html`, run 1's report kept beside
+them as `reports/cp3-run1.html`; the runs are narrowed with `-k` to the performance item
+(whose attachment names its record) and the catalog item, to keep the test's cost down:
+the attachments are written by the same pytest-html code for every item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+from tests.gatereports import harness_cli
+from tests.reporttext import attachments
+from tests.test_plugin_gate import run_gate
+
+pytestmark = pytest.mark.slow
+SELECT = "performance or catalog"
+
+
+def _linked_files(page: Path) -> dict[str, str]:
+    """Every local file the page links to (href/src, not data: or http), with its hash."""
+    text = page.read_text()
+    out = {}
+    for url in re.findall(r'(?:href|src)=\\?"([^"\\]+)\\?"', text):
+        parts = urlsplit(url)
+        if parts.scheme or not parts.path or url.startswith("#"):
+            continue
+        target = (page.parent / unquote(parts.path)).resolve()
+        if target.is_file():
+            out[url] = hashlib.sha256(target.read_bytes()).hexdigest()
+    return out
+
+
+def _records(page: Path) -> list[int]:
+    """The performance record numbers the page's attachments name."""
+    texts = attachments(page.read_text())
+    for url in re.findall(r'(?:href|src)=\\?"([^"\\]+\.txt)\\?"', page.read_text()):
+        target = page.parent / unquote(url)
+        if target.is_file():
+            texts.append(target.read_text())
+    return [int(n) for t in texts for n in re.findall(r'"record": (\d+)', t)]
+
+
+def test_first_report_still_says_run_one_after_three_more_runs(tmp_path: Path) -> None:
+    reports, store = tmp_path / "reports", tmp_path / "results.sqlite"
+    args = ("-k", SELECT, "--html", str(reports / "cp3.html"), "--results-db", str(store))
+    first = run_gate(tmp_path, *args)
+    assert (reports / "cp3.html").is_file(), first.stdout[-4000:] + first.stderr[-2000:]
+    kept = reports / "cp3-run1.html"
+    shutil.copyfile(reports / "cp3.html", kept)
+    page_before = kept.read_bytes()
+    links_before = _linked_files(kept)
+    assert _records(kept) == [1], "run 1's attachment names record 1"
+    for _ in range(3):
+        later = run_gate(tmp_path, *args)
+        assert (reports / "cp3.html").is_file(), later.stdout[-4000:]
+    assert kept.read_bytes() == page_before
+    assert _linked_files(kept) == links_before  # nothing it links to changed either
+    assert _records(kept) == [1], "run 1's report must still say run 1's record"
+    assert _records(reports / "cp3.html") == [4]
+    assert not (reports / "assets").exists(), "a self-contained report needs no assets/"
+    history = harness_cli("history", "--results-db", store, cwd=tmp_path)
+    assert history.returncode == 0, history.stdout + history.stderr
+    assert all(f"#{n} " in history.stdout for n in (1, 2, 3, 4)), history.stdout
