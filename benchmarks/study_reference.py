@@ -24,8 +24,9 @@ and the token count, float32 transformers on this CPU). Besides the verdict, eac
 stream's true ids are teacher-forced through the reference to measure where a correct token
 sits (gap in sigma, rank): the distribution the margin must cover.
 
-Run: ``.venv/bin/python benchmarks/study_reference.py [--seeds 3] [--quick]`` (needs the
-oracle extra); writes benchmarks/RESULTS_reference_study.md and the raw records beside it
+Run: ``.venv/bin/python benchmarks/study_reference.py [--seeds 3] [--quick] [--work DIR]``
+(needs the oracle extra; with `--work`, an interrupted study resumes where it stopped).
+Writes benchmarks/RESULTS_reference_study.md and the raw records beside it
 (reference_study.json). `--quick` is the small grid the test suite runs.
 """
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import inspect
 import json
 import math
@@ -164,7 +166,11 @@ def _bf16_spread(model_dir: Path, tokenizer: Any) -> float:
 def run_variant(model_dir: Path, variant: str, prompts: list[str], max_tokens: int,
                 seed: int, work: Path) -> list[dict[str, Any]]:
     """Start one worker process for the variant; its streams."""
-    out = work / f"{model_dir.name}-{abs(hash(variant)) % 10**8}.jsonl"
+    out = work / f"{model_dir.name}-{hashlib.sha256(variant.encode()).hexdigest()[:10]}.jsonl"
+    if out.is_file():  # a resumed study: this worker's streams are already collected
+        done = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        if len(done) == len(prompts):
+            return done
     env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA",)}
     env.update({k: v for k, v in VARIANTS[variant][1].items() if k != "THREADS"})
     cmd = [sys.executable, str(Path(__file__).resolve()), "collect", "--model", str(model_dir),
@@ -285,6 +291,13 @@ def study(work: Path, seeds: int, prompts: list[str], max_tokens: int,
     correct: list[dict[str, Any]] = []
     wrong: list[dict[str, Any]] = []
     for label, seed, model_dir in build_models(work, seeds, models):
+        saved = work / f"judged-{model_dir.name}-{len(prompts)}-{max_tokens}.json"
+        if saved.is_file():  # a resumed study: this model and seed are judged already
+            part = json.loads(saved.read_text(encoding="utf-8"))
+            correct += part["correct"]
+            wrong += part["wrong"]
+            continue
+        n_correct, n_wrong = len(correct), len(wrong)
         runner = ReferenceRunner(TransformersReference(model_dir), cache_dir=work / "greedy",
                                  model_files={"dir": model_dir.name})
         for variant in variants:
@@ -298,6 +311,8 @@ def study(work: Path, seeds: int, prompts: list[str], max_tokens: int,
                 v = judge_stream(runner, prompt, ids, max_tokens)
                 wrong.append({"model": label, "seed": seed, "fault": fault, "prompt": prompt,
                               "first_request": i == 0, **v})
+        saved.write_text(json.dumps({"correct": correct[n_correct:], "wrong": wrong[n_wrong:]}),
+                         encoding="utf-8")
         print(f"{label} seed {seed}: {len(correct)} correct, {len(wrong)} wrong streams so far",
               file=sys.stderr, flush=True)
     return {"correct": correct, "wrong": wrong}
