@@ -55,9 +55,15 @@ def run_file(path: str, count: int, extra: list[str]) -> tuple[int, int, list[st
         res = subprocess.run(argv, cwd=REPO, capture_output=True, text=True,
                              timeout=RUN_TIMEOUT_S, stdin=subprocess.DEVNULL, check=False)
         tail = res.stdout.strip().splitlines()[-1:] or [""]
-        passed += sum(int(n) for n in re.findall(r"(\d+) passed", tail[0]))
-        failed += sum(int(n) for n in re.findall(r"(\d+) (?:failed|errors?)", tail[0]))
-        ids += [ln.split()[1] for ln in res.stdout.splitlines()
+        ran = sum(int(n) for n in re.findall(r"(\d+) passed", tail[0]))
+        bad = sum(int(n) for n in re.findall(r"(\d+) (?:failed|errors?)", tail[0]))
+        if ran + bad == 0:  # pytest did not get to the tests (e.g. a collection error)
+            last = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or ["?"]
+            ids.append(f"did not run (exit {res.returncode}): {last[0][:120]}")
+        passed, failed = passed + ran, failed + bad
+        ids += [ln.split(" - ", 1)[0].split()[1] + (f" ({ln.split(' - ', 1)[1][:100]})"
+                                                     if " - " in ln else "")
+                for ln in res.stdout.splitlines()
                 if ln.startswith(("FAILED ", "ERROR ")) and len(ln.split()) > 1]
     return passed, failed, ids, time.monotonic() - t0
 
@@ -77,7 +83,9 @@ def main() -> int:
         for f in args.files:
             load = os.getloadavg()[0]
             passed, failed, ids, secs = run_file(f, args.count, extra)
-            fails = ", ".join(sorted(set(ids))) or "-"
+            unique = sorted(set(ids))
+            fails = ", ".join(unique[:6]) + (f", +{len(unique) - 6} more" if unique[6:] else "")
+            fails = fails.replace("|", "/") or "-"
             what = f"`{f}`" + (f" -k `{args.k}`" if args.k else "")
             row = (f"| {datetime.now(UTC):%Y-%m-%d %H:%M} | {what}"
                    f" | {args.count} | {args.hogs} | {load:.1f} | {passed} | {failed} | "
