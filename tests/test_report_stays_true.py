@@ -44,13 +44,13 @@ def _linked_files(page: Path) -> dict[str, str]:
 
 
 def _records(page: Path) -> list[int]:
-    """The performance record numbers the page's attachments name."""
+    """The performance record numbers the page's attachments name (each once)."""
     texts = attachments(page.read_text())
     for url in re.findall(r'(?:href|src)=\\?"([^"\\]+\.txt)\\?"', page.read_text()):
         target = page.parent / unquote(url)
         if target.is_file():
             texts.append(target.read_text())
-    return [int(n) for t in texts for n in re.findall(r'"record": (\d+)', t)]
+    return sorted({int(n) for t in texts for n in re.findall(r'"record": (\d+)', t)})
 
 
 def test_first_report_still_says_run_one_after_three_more_runs(tmp_path: Path) -> None:
