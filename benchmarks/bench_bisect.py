@@ -81,8 +81,8 @@ def markdown(figs: dict[str, dict[str, float]], args: argparse.Namespace,
     rows = ["| what | median s | p95 s | min s | n | / one gate run |",
             "| --- | --- | --- | --- | --- | --- |"]
     for name, f in figs.items():
-        rows.append(f"| {name} | {f['median']:.3f} | {f['p95']:.3f} | {f['min']:.3f} | "
-                    f"{f['n']:.0f} | {f['median'] / gate:.3f} |")
+        rows.append(f"| {name} | {f['median']:.4f} | {f['p95']:.4f} | {f['min']:.4f} | "
+                    f"{f['n']:.0f} | {f['median'] / gate:.4f} |")
     return "\n".join([
         "# What a bisect step costs (issue 29)", "",
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
