@@ -42,7 +42,11 @@ class Worktree:
         """`git worktree add --detach` (no branch is made); the owner file lets a later
         bisect remove it if this process is killed before it can."""
         _write_owner(path.parent, repo, path)
-        git(repo, *NO_HOOKS, "worktree", "add", "--detach", str(path), commit)
+        try:
+            git(repo, *NO_HOOKS, "worktree", "add", "--detach", str(path), commit)
+        except BaseException:  # Ctrl-C or a failure half-way: nothing of it stays
+            remove(repo, path, _admin_dir(path))
+            raise
         wt = cls(repo, path, _admin_dir(path))
         wt.commit = commit
         return wt
