@@ -14,6 +14,7 @@ the attachments are written by the same pytest-html code for every item.
 from __future__ import annotations
 
 import hashlib
+import html as htmlmod
 import re
 import shutil
 from pathlib import Path
@@ -29,11 +30,19 @@ pytestmark = pytest.mark.slow
 SELECT = "performance or catalog"
 
 
+# a link in the markup (`href="x"`) or an attachment in pytest-html's JSON blob
+# (`"content": "assets/x.txt"`, HTML-escaped in the page)
+LINK = re.compile(r'(?:href|src|content)"?\s*[:=]\s*"([^"]+)"')
+
+
+def _links(page: Path) -> list[str]:
+    return LINK.findall(htmlmod.unescape(page.read_text()))
+
+
 def _linked_files(page: Path) -> dict[str, str]:
     """Every local file the page links to (href/src, not data: or http), with its hash."""
-    text = page.read_text()
     out = {}
-    for url in re.findall(r'(?:href|src)=\\?"([^"\\]+)\\?"', text):
+    for url in _links(page):
         parts = urlsplit(url)
         if parts.scheme or not parts.path or url.startswith("#"):
             continue
@@ -46,9 +55,9 @@ def _linked_files(page: Path) -> dict[str, str]:
 def _records(page: Path) -> list[int]:
     """The performance record numbers the page's attachments name (each once)."""
     texts = attachments(page.read_text())
-    for url in re.findall(r'(?:href|src)=\\?"([^"\\]+\.txt)\\?"', page.read_text()):
-        target = page.parent / unquote(url)
-        if target.is_file():
+    for url in _links(page):
+        target = page.parent / unquote(urlsplit(url).path)
+        if not urlsplit(url).scheme and target.is_file():
             texts.append(target.read_text())
     return sorted({int(n) for t in texts for n in re.findall(r'"record": (\d+)', t)})
 
