@@ -80,6 +80,7 @@ class Reading:
     ids: tuple[int, ...] = ()
     pos: int = 0  # bytes of the worker's text accounted for
     cost: float = 0.0  # summed gap to the reference's top-1, in sigma
+    pending: bytes = b""  # token bytes that are not text yet (an unfinished character)
     steps: tuple[tuple[int, int, float, float, int], ...] = ()  # (id, top1, gap, sigma, rank)
 
 
@@ -119,7 +120,10 @@ class Search:
 
     data: bytes
     n_tokens: int | None
-    spells: Callable[[bytes, int, bool], int | None]  # bytes of `rest` a token spells
+    # (text bytes of `rest` the token spells, bytes still pending) or None: `spells(rest, id,
+    # first, pending)`; `flush(pending)` is the text the worker's last piece shows for them
+    spells: Callable[[bytes, int, bool, bytes], tuple[int, bytes] | None]
+    flush: Callable[[bytes], bytes]
     invisible: Callable[[int], bool]  # the token adds no bytes to the text
     logits: Callable[[list[int]], np.ndarray]  # one forward pass: a row per position
     prompt_ids: tuple[int, ...]
@@ -177,7 +181,7 @@ class Search:
         return False
 
     def _complete(self, reading: Reading) -> bool:
-        if reading.pos < len(self.data):
+        if self.data[reading.pos:] != self.flush(reading.pending):
             return False
         if self.n_tokens is None or len(reading.ids) == self.n_tokens:
             return True
@@ -205,15 +209,19 @@ class Search:
             sigma = row.sigma(index)
             if sigma > self.delta:
                 break
-            n = self.spells(rest, cand, reading.pos == 0) if rest else None
-            if not n and not (allow_invisible and self.invisible(cand)):
+            if allow_invisible and self.invisible(cand):
+                spelled: tuple[int, bytes] | None = (0, reading.pending)
+            else:
+                spelled = self.spells(rest, cand, reading.pos == 0, reading.pending)
+            if spelled is None:
                 continue
-            pos = reading.pos + (n or 0)
+            n, pending = spelled
+            pos = reading.pos + n
             if not self._fits_count(len(reading.ids) + 1, pos):
                 continue
             step = (cand, row.order[0], row.values[0] - row.values[index], sigma,
                     row.rank(index))
-            out.append(Reading(reading.ids + (cand,), pos, reading.cost + sigma,
+            out.append(Reading(reading.ids + (cand,), pos, reading.cost + sigma, pending,
                                reading.steps + (step,)))
         if not out:
             self._dead(reading, row, "no candidate within the margin spells the next bytes"
@@ -255,16 +263,17 @@ def fewest_tokens(data: bytes, pieces: Iterable[bytes], first_strip: bytes = b""
                   replacement: bytes = b"") -> list[float]:
     """For each byte position i, the fewest tokens whose bytes spell `data[i:]` (inf where
     none do): the bound that keeps invisible tokens to where the log's count requires them.
-    `first_strip`: bytes the decoder drops before the first token; `replacement`: the text a
-    generation cut inside a character ends with (one token spells it)."""
+    `first_strip`: bytes the decoder drops before the first token; `replacement`: U+FFFD, which
+    the worker's text shows for invalid or unfinished UTF-8 from any tokens."""
     known = {p for p in pieces if p}
     longest = max((len(p) for p in known), default=1)
     n = len(data)
     best = [float("inf")] * (n + 1)
     best[n] = 0.0
     for i in range(n - 1, -1, -1):
-        if replacement and data[i:] == replacement:
-            best[i] = 1.0
+        if replacement and data[i:i + len(replacement)] == replacement:
+            # invalid bytes shown as U+FFFD: their token may be counted elsewhere (lower bound)
+            best[i] = best[i + len(replacement)]
         for length in range(1, min(longest, n - i) + 1):
             piece = data[i:i + length]
             if piece in known or (i == 0 and first_strip and first_strip + piece in known):

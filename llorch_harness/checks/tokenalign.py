@@ -13,6 +13,7 @@ the reference.
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -138,19 +139,37 @@ class Aligner:
         self.k = k
         self.strip = first_strip(tokenizer, table)
 
-    def _spells(self, rest: bytes, token_id: int, first: bool = False) -> int | None:
-        """How many of `rest`'s bytes `token_id` spells, or None if it does not (`first`:
-        the first generated text, whose leading space the decoder may have dropped)."""
+    def _spells(self, rest: bytes, token_id: int, first: bool = False, pending: bytes = b""
+                ) -> tuple[int, bytes] | None:
+        """How many of `rest`'s bytes `token_id` spells and the bytes it leaves pending, or
+        None if it does not. The text is exact bytes while the UTF-8 is valid (a token may
+        end inside a character: the text holds the whole of it); bytes that are not valid
+        UTF-8 show as U+FFFD, as the worker's lossy decoding writes them. `first`: the first
+        generated text, whose leading space the decoder may have dropped."""
         tb = self.table[token_id] if 0 <= token_id < len(self.table) else b""
-        if tb and rest.startswith(tb):
-            return len(tb)
-        if first and self.strip and tb.startswith(self.strip) and len(tb) > len(self.strip) \
-                and rest.startswith(tb[len(self.strip):]):
-            return len(tb) - len(self.strip)
-        # a generation cut inside a character: the worker flushed U+FFFD for the partial bytes
-        if tb and rest == REPLACEMENT and _is_partial_utf8(tb):
-            return len(REPLACEMENT)
-        return None
+        if not tb:
+            return None
+        if not pending:
+            if rest.startswith(tb):
+                return len(tb), b""
+            if first and self.strip and tb.startswith(self.strip) \
+                    and len(tb) > len(self.strip) and rest.startswith(tb[len(self.strip):]):
+                return len(tb) - len(self.strip), b""
+            if not rest.startswith(REPLACEMENT):
+                return None  # valid text here: only its exact bytes (above) spell it
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        text = decoder.decode(pending + tb, final=False).encode()
+        left = decoder.getstate()[0]
+        if not rest.startswith(text):
+            return None
+        if not text and not left:
+            return None
+        return len(text), left
+
+    def _flush(self, pending: bytes) -> bytes:
+        """The text the worker's last piece shows for bytes still pending at the end: U+FFFD
+        (a generation cut inside a character)."""
+        return pending.decode("utf-8", "replace").encode() if pending else b""
 
     def _invisible(self, token_id: int) -> bool:
         return 0 <= token_id < len(self.table) and not self.table[token_id]
@@ -166,7 +185,7 @@ class Aligner:
                 bounds: SearchBounds) -> SearchResult:
         fewest = fewest_tokens(data, self.table, self.strip, REPLACEMENT) \
             if n_tokens is not None else [0.0] * (len(data) + 1)
-        return Search(data, n_tokens, self._spells, self._invisible, self.logits,
+        return Search(data, n_tokens, self._spells, self._flush, self._invisible, self.logits,
                       tuple(prompt_ids), self._canonical, self.delta, self.k, bounds,
                       fewest).run()
 
@@ -237,11 +256,3 @@ class Aligner:
             if tb and len(tb) > best_len and rest.startswith(tb):
                 best, best_len = i, len(tb)
         return best
-
-
-def _is_partial_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
