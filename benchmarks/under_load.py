@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -77,6 +78,8 @@ def main() -> int:
     ap.add_argument("--note", default="", help="a word on what this run checks")
     ap.add_argument("-k", default=None, help="pytest -k expression for every file")
     args = ap.parse_args()
+    # a SIGTERM (e.g. from `timeout`) unwinds, so the hogs are killed on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     extra = ["-k", args.k] if args.k else []
     rows = []
     with hogs(args.hogs):
