@@ -264,7 +264,8 @@ def judge_stream(runner: ReferenceRunner, prompt: str, ids: list[int], max_token
             "passes": verdict.details.get("forward_passes", 0),
             "expansions": verdict.details.get("readings_expanded", 0),
             "seconds": seconds, "max_gap": max(gaps), "max_rank": max(ranks),
-            "off_top1": [g for g in gaps[1:] if g > 0], "parted_at": parted, "n": len(ids)}
+            "off_top1": [g for g in gaps[1:] if g > 0], "parted_at": parted, "n": len(ids),
+            "ids": ids}
 
 
 # -- the study ---------------------------------------------------------------------------
@@ -322,6 +323,27 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else 0.0
 
 
+def _paths_table(correct: list[dict[str, Any]]) -> list[str]:
+    """How often two workers of the same precision on other matmul paths wrote the same
+    stream: the paths are only a test of the rule where they differ."""
+    by: dict[tuple[str, int, str], dict[str, list[int]]] = defaultdict(dict)
+    for rec in correct:
+        by[(rec["model"], rec["seed"], rec["prompt"])][rec["variant"]] = rec.get("ids", [])
+    pairs = [("bf16, default ISA, all threads", "bf16, AVX2, 1 thread"),
+             ("bf16, default ISA, all threads", "bf16, deterministic"),
+             ("fp16, default ISA, all threads", "fp16, AVX2, 1 thread"),
+             ("bf16, default ISA, all threads", "fp16, default ISA, all threads"),
+             ("fp32 + bf16-scale noise x1", "fp32 + bf16-scale noise x2")]
+    out = ["", "Same stream from two paths (prompts x models x seeds where both ran):", "",
+           "| path A | path B | identical streams |", "| --- | --- | --- |"]
+    for a, b in pairs:
+        both = [v for v in by.values() if a in v and b in v]
+        if both:
+            same = sum(v[a] == v[b] for v in both)
+            out.append(f"| {a} | {b} | {same}/{len(both)} |")
+    return out
+
+
 def render(data: dict[str, Any], meta: dict[str, Any], delta: float, k: int) -> str:
     correct, wrong = data["correct"], data["wrong"]
     lines = [
@@ -346,6 +368,7 @@ def render(data: dict[str, Any], meta: dict[str, Any], delta: float, k: int) -> 
             f"{_pct(off, 99.9):.4f} | {max(r['max_rank'] for r in recs) + 1} | "
             f"{sum(r['parted_at'] is not None for r in recs)} | "
             f"{max(r['passes'] for r in recs)} | {max(r['expansions'] for r in recs)} |")
+    lines += _paths_table(correct)
     off_all = [g for r in correct for g in r["off_top1"]]
     tokens = sum(r["n"] for r in correct)
     lines += [
@@ -381,9 +404,17 @@ def render(data: dict[str, Any], meta: dict[str, Any], delta: float, k: int) -> 
     lines += ["", f"**Wrong streams: {len(wrong)}, passed: {len(missed)}; first requests "
               f"caught: {sum(not r['ok'] for r in wrong if r['first_request'])}/"
               f"{sum(r['first_request'] for r in wrong)}.**"]
+    first_ranks = [r["max_rank"] + 1 for r in wrong if r["first_request"]]
+    parted = [r for r in wrong if r["parted_at"] is not None]
+    lines += ["", f"Where the wrong streams that parted from the reference stand: smallest max "
+              f"gap {min((r['max_gap'] for r in parted), default=0.0):.3f} sigma, smallest max "
+              f"rank {min((r['max_rank'] + 1 for r in parted), default=0)} (first requests: "
+              f"{min(first_ranks, default=0)}); a stream fails when any token is beyond delta "
+              "or beyond rank k."]
     if missed:
-        lines += ["", "Wrong streams that passed (the fault left these outputs unchanged or "
-                  "within the margin):", ""]
+        lines += ["", "Wrong streams that passed (parted at None: the fault did not change the "
+                  "output at all, e.g. CP3's decode positions 1, 2, ... are the right positions "
+                  "after a one-token prompt):", ""]
         lines += [f"- {r['fault']} / {r['model']} seed {r['seed']}, prompt {r['prompt']!r}: "
                   f"max gap {r['max_gap']:.3f}, parted at {r['parted_at']}" for r in missed[:20]]
     cost = [r["seconds"] for r in correct]
