@@ -475,7 +475,8 @@ def test_gate_on_an_offline_unfinished_checkpoint(cp1, tmp_path):
     # the verdict names the class: two items the code failed, one cargo could not check
     assert ("CP3 gate verdict: FAIL (worker: 2 items; `cargo clippy --all` clean: cpu: "
             "could not check") in res.stdout
-    assert "not checked (`cargo clippy --all` clean: cpu: could not check" in \
+    # the report shows the item's name with its command as code, never raw backticks
+    assert "not checked (<code>cargo clippy --all</code> clean: cpu: could not check" in \
         (tmp_path / "r.html").read_text()
 
 

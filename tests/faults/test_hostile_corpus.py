@@ -525,6 +525,7 @@ DEAD_ENDPOINT = "http://127.0.0.1:9"  # refused at once: nothing leaves the mach
 _FILL = {  # values for the arguments a command needs besides the one under test
     "model_id": "tiny-qwen", "name": "N", "repo": "org/n", "architecture": "qwen",
     "backend": "cpu", "model": "tiny-qwen", "worker_id": "worker-cpu-0", "pools": "a",
+    "good": "HEAD~1", "bad": "HEAD",  # bisect's range
 }
 
 
@@ -581,7 +582,8 @@ def _argv(exe: Path, path: tuple[str, ...], dest: str, value: bytes, sb: Sandbox
           ) -> list[bytes]:
     parser = next(p for e, pa, p in _leaf_parsers() if e == exe and tuple(pa) == path)
     scratch = sb.pool.root / "scratch"  # inside the pool root, never created by a run
-    fill = {**_FILL, "dir": str(scratch / "missing"), "results": None}
+    fill = {**_FILL, "dir": str(scratch / "missing"), "results": None,
+            "llorch_repo": str(scratch / "missing")}
     argv: list[bytes] = [os.fsencode(str(exe)), *(p.encode() for p in path)]
     tested: list[bytes] = []
     for action in parser._actions:

@@ -592,9 +592,18 @@ def _gate(tmp: Path, bin_dir: Path, *extra: str) -> subprocess.CompletedProcess[
 
 
 def _peak_rss_kib(argv: list[str]) -> int:
-    """Peak RSS of one child we reap ourselves (os.wait4's rusage)."""
-    pid = os.posix_spawn(argv[0], argv, clean_env(),
-                         file_actions=[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])
-    _, status, usage = os.wait4(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    return int(usage.ru_maxrss)
+    """Peak RSS of one child, reaped by a small Python of its own (os.wait4's rusage).
+
+    Why not from here: Linux keeps a process's peak across exec, and a child spawned by this
+    (large, long-lived) pytest process starts with pytest's own peak, not the command's.
+    """
+    reaper = ("import os, sys\n"
+              "pid = os.posix_spawn(sys.argv[1], sys.argv[1:], dict(os.environ), file_actions="
+              "[(os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)])\n"
+              "_, status, usage = os.wait4(pid, 0)\n"
+              "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n")
+    out = subprocess.run([sys.executable, "-c", reaper, *argv], env=clean_env(),
+                         capture_output=True, text=True, check=True, timeout=300)
+    code, rss = out.stdout.split()
+    assert int(code) == 0, out.stderr
+    return int(rss)
