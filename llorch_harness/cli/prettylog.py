@@ -10,6 +10,7 @@ as it is, so nothing the worker said is hidden.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from llorch_harness.checks.workerlog import parse_line
@@ -44,18 +45,26 @@ def pretty_text(text: str) -> str:
     return "\n".join(pretty_line(line) for line in text.split("\n"))
 
 
-class PrettyWriter:
-    """A text stream that pretty-prints whole lines into `out` (for `logs -f --pretty`)."""
+class LineWriter:
+    """A text stream that hands `out` whole lines, each through `transform` (a followed log
+    arrives in reads that cut lines anywhere). A line longer than MAX_PENDING (a
+    `\r`-redrawn progress bar) is let through in pieces."""
 
-    def __init__(self, out: TextIO) -> None:
+    MAX_PENDING = 64 * 1024
+
+    def __init__(self, out: TextIO, transform: Callable[[str], str]) -> None:
         self.out = out
+        self.transform = transform
         self.pending = ""
 
     def write(self, text: str) -> int:
         self.pending += text
         if "\n" in self.pending:
             done, _, self.pending = self.pending.rpartition("\n")
-            self.out.write(pretty_text(done) + "\n")
+            self.out.write(self.transform(done) + "\n")
+        if len(self.pending) > self.MAX_PENDING:
+            self.out.write(self.transform(self.pending))
+            self.pending = ""
         return len(text)
 
     def flush(self) -> None:
@@ -63,6 +72,11 @@ class PrettyWriter:
 
     def close(self) -> None:
         if self.pending:
-            self.out.write(pretty_line(self.pending))
+            self.out.write(self.transform(self.pending))
             self.pending = ""
         self.out.flush()
+
+
+def pretty_writer(out: TextIO) -> LineWriter:
+    """`logs -f --pretty`: whole lines pretty-printed into `out`."""
+    return LineWriter(out, pretty_text)

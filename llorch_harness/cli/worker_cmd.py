@@ -13,7 +13,7 @@ from typing import TextIO, cast
 import psutil
 
 from llorch_harness.cli.common import pool_line, pool_paths, require_pool
-from llorch_harness.cli.prettylog import PrettyWriter, pretty_text
+from llorch_harness.cli.prettylog import LineWriter, pretty_text, pretty_writer
 from llorch_harness.errors import HarnessError
 from llorch_harness.pool.paths import PoolPaths
 from llorch_harness.pool.procs import read_marker
@@ -159,9 +159,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if args.lines < 0:
         raise HarnessError("-n must be 0 or more", "e.g. -n 100", exit_code=2)
     if args.follow:
-        redacting = RedactingWriter(sys.stdout)
-        out: RedactingWriter | PrettyWriter = (
-            PrettyWriter(redacting) if args.pretty else redacting)  # type: ignore[arg-type]
+        # whole lines through the one redaction: a secret split across two reads is whole here
+        redacting = LineWriter(sys.stdout, redact)
+        out = pretty_writer(redacting) if args.pretty else redacting  # type: ignore[arg-type]
         try:
             follow_logs(paths, args.worker_id, args.lines, out=out)  # type: ignore[arg-type]
         except KeyboardInterrupt:
@@ -191,37 +191,6 @@ class HeadedWriter:
         return self.out.write(text)
 
     def flush(self) -> None:
-        self.out.flush()
-
-
-class RedactingWriter:
-    """A text stream that passes whole lines through the one redaction (a secret split
-    across two reads of a followed log is whole again here). A line longer than
-    MAX_PENDING (a `\r`-redrawn progress bar) is let through in pieces."""
-
-    MAX_PENDING = 64 * 1024
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.pending = ""
-
-    def write(self, text: str) -> int:
-        self.pending += text
-        if "\n" in self.pending:
-            done, _, self.pending = self.pending.rpartition("\n")
-            self.out.write(redact(done + "\n"))
-        if len(self.pending) > self.MAX_PENDING:
-            self.out.write(redact(self.pending))
-            self.pending = ""
-        return len(text)
-
-    def flush(self) -> None:
-        self.out.flush()
-
-    def close(self) -> None:
-        if self.pending:
-            self.out.write(redact(self.pending))
-            self.pending = ""
         self.out.flush()
 
 
