@@ -78,7 +78,11 @@ def test_first_report_still_says_run_one_after_three_more_runs(tmp_path: Path) -
     assert kept.read_bytes() == page_before
     assert _linked_files(kept) == links_before  # nothing it links to changed either
     assert _records(kept) == [1], "run 1's report must still say run 1's record"
-    assert _records(reports / "cp3.html") == [4]
+    # the latest report is run 4's own; run 4 is the first with a baseline, so on a noisy
+    # machine its performance item may fail (and measure again, as a new record) or show no
+    # record in its attachment: what matters is that it never names an earlier run's record
+    latest = _records(reports / "cp3.html")
+    assert all(n >= 4 for n in latest), latest
     assert not (reports / "assets").exists(), "a self-contained report needs no assets/"
     history = harness_cli("history", "--results-db", store, cwd=tmp_path)
     assert history.returncode == 0, history.stdout + history.stderr
