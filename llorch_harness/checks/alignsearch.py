@@ -103,8 +103,6 @@ class SearchResult:
     passes: int = 0
     expansions: int = 0
     bounded: bool = False  # stopped by `SearchBounds`, not by running out of readings
-    dead_ends: int = 0
-    phase: str = "cheapest first"  # how the reading was found (see `Search`)
 
 
 @dataclass
@@ -142,7 +140,6 @@ class Search:
         half = SearchBounds(self.bounds.max_passes // 2, self.bounds.max_expansions // 2)
         if not self._uniform_cost(half) and res.bounded:
             res.bounded = False
-            self.result.phase = "depth first"
             self._depth_first()
         return res
 
@@ -229,14 +226,12 @@ class Search:
         return out
 
     def _dead(self, reading: Reading, row: RowView | None, why: str) -> None:
-        res = self.result
-        res.dead_ends += 1
-        far = res.furthest
+        far = self.result.furthest
         # furthest into the bytes; there, a position the reference judged (a row) tells more
         # than a count used up, and the cheaper reading more than a costlier one
         if far is None or (reading.pos, row is not None, -reading.cost) > \
                 (far.reading.pos, far.row is not None, -far.reading.cost):
-            res.furthest = DeadEnd(reading, row, why)
+            self.result.furthest = DeadEnd(reading, row, why)
 
     def _row(self, reading: Reading) -> RowView:
         cached = self._cache.get(reading.ids)
