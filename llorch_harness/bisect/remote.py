@@ -12,20 +12,14 @@ the remote bisect, which then removes its worktree and releases its lease.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from llorch_harness.errors import HarnessError
-from llorch_harness.fsutil import atomic_write_bytes
 from llorch_harness.remote.poolsfile import PoolConfig
-from llorch_harness.remote.transport import Output, SshTransport, last_line
+from llorch_harness.remote.transport import STEP_TIMEOUT_S, Output, SshTransport
 
 REMOTE_PYTHON = ".venv/bin/python"  # the README's install puts the venv in the checkout
-STEP_TIMEOUT_S = 120.0
-MKTEMP_WORDS = ("sh", "-c", 'mktemp -d "${TMPDIR:-/tmp}/llorch-bisect.XXXXXXXX"')
-_TMP_RE = re.compile(r"/[A-Za-z0-9._/+-]*/llorch-bisect\.[A-Za-z0-9]{6,}")
-_MAX_FETCH = 64 * 1024 * 1024
 
 
 def bisect_words(pool: PoolConfig, forwarded: Sequence[str], tmp: str) -> list[str]:
@@ -38,25 +32,6 @@ def bisect_words(pool: PoolConfig, forwarded: Sequence[str], tmp: str) -> list[s
     return words
 
 
-def _make_tmp(conn: SshTransport) -> str:
-    res = conn.run(list(MKTEMP_WORDS), timeout=STEP_TIMEOUT_S)
-    if res.returncode != 0:
-        raise HarnessError(f"mktemp failed on pool {conn.config.label()}: "
-                           f"{last_line(res.stderr)}")
-    answer = res.stdout.decode("utf-8", "replace").strip()
-    if not _TMP_RE.fullmatch(answer):
-        raise HarnessError(f"unexpected answer from mktemp: {answer[:80]!r}")
-    return answer
-
-
-def _fetch(conn: SshTransport, remote: str, dest: Path) -> bool:
-    res = conn.run(["cat", "--", remote], timeout=STEP_TIMEOUT_S, max_stdout=_MAX_FETCH)
-    if res.returncode != 0:
-        return False
-    atomic_write_bytes(dest, res.stdout)
-    return True
-
-
 def run_remote_bisect(pool: PoolConfig, forwarded: Sequence[str], json_dest: Path | None,
                       html_dest: Path | None, *, timeout: float | None = None,
                       connect_timeout: int | None = None) -> int:
@@ -66,13 +41,13 @@ def run_remote_bisect(pool: PoolConfig, forwarded: Sequence[str], json_dest: Pat
                            f"set pools.{pool.name}.checkout: the llorch-harness checkout "
                            "(with its .venv) there", exit_code=2)
     conn = SshTransport(pool, connect_timeout=connect_timeout)
-    tmp = _make_tmp(conn)
+    tmp = conn.make_temp_dir("llorch-bisect")
     try:
         res = conn.run(bisect_words(pool, forwarded, tmp), cwd=pool.checkout, timeout=timeout,
                        stdout=Output.INHERIT, echo_stderr=True)
         for remote, dest in (("bisect.json", json_dest), ("bisect.html", html_dest)):
             if dest is not None and res.returncode in (0, 1):
-                if not _fetch(conn, f"{tmp}/{remote}", dest):
+                if not conn.fetch(f"{tmp}/{remote}", dest):
                     raise HarnessError(f"the bisect on pool {pool.name} wrote no {remote}")
                 print(f"{remote.split('.')[1]} (from {pool.name}): {dest}", flush=True)
         return res.returncode

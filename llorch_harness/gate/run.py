@@ -17,7 +17,6 @@ result, counts as missing in the merge.
 
 from __future__ import annotations
 
-import re
 import shlex
 import sys
 import threading
@@ -30,21 +29,14 @@ from typing import IO
 from llorch_harness import redaction
 from llorch_harness.choices import UnknownName
 from llorch_harness.errors import HarnessError, PoolUnreachable
-from llorch_harness.fsutil import atomic_write_bytes
 from llorch_harness.gate import merge as gatemerge
 from llorch_harness.remote import poolsfile as pools
 from llorch_harness.remote.fanout import fan_out
-from llorch_harness.remote.transport import RemoteResult, SshTransport, last_line
+from llorch_harness.remote.transport import STEP_TIMEOUT_S, SshTransport
 
 REMOTE_PYTEST = ".venv/bin/pytest"  # the README's install puts the venv in the checkout
 DEFAULT_TIMEOUT_S = 3600.0
-STEP_TIMEOUT_S = 120.0  # mktemp, cat, rm
 PROGRESS_EVERY_S = 30.0
-_MAX_FETCH_BYTES = 64 * 1024 * 1024
-# What `mktemp -d` may answer; anything else is refused before it is used again.
-_REMOTE_TMP_RE = re.compile(r"/[A-Za-z0-9._/+-]*/llorch-gate\.[A-Za-z0-9]{6,}")
-# constant words, no user value; sh expands $TMPDIR there
-MKTEMP_WORDS = ("sh", "-c", 'mktemp -d "${TMPDIR:-/tmp}/llorch-gate.XXXXXXXX"')
 
 
 # --------------------------------------------------------------------------- pools
@@ -148,22 +140,6 @@ class PoolRun:
     gate_verdict: str | None = None
 
 
-def _check(res: RemoteResult, pool: GatePool, what: str) -> None:
-    if res.returncode != 0:
-        raise HarnessError(f"{what} failed on pool {pool.name} (exit {res.returncode}): "
-                           f"{last_line(res.stderr)}")
-
-
-def _make_tmp(conn: SshTransport, pool: GatePool) -> str:
-    """A fresh temp dir on the pool; an answer that is not one is refused before any use."""
-    res = conn.run(list(MKTEMP_WORDS), timeout=STEP_TIMEOUT_S)
-    _check(res, pool, "mktemp")
-    answer = res.stdout.decode("utf-8", "replace").strip()
-    if not _REMOTE_TMP_RE.fullmatch(answer):
-        raise HarnessError(f"unexpected answer from mktemp: {answer[:80]!r}")
-    return answer
-
-
 def _run_gate(conn: SshTransport, pool: GatePool, tmp: str, log: Path, timeout: float) -> int:
     """pytest in the pool's checkout, its output into `log`; returns pytest's exit status."""
     with log.open("wb") as fh:
@@ -172,14 +148,6 @@ def _run_gate(conn: SshTransport, pool: GatePool, tmp: str, log: Path, timeout: 
         res = conn.run(run_words(pool, tmp), cwd=pool.checkout, timeout=timeout, stdout=fh)
         fh.write(redaction.redact(res.stderr).encode())
     return res.returncode
-
-
-def _fetch(conn: SshTransport, remote: str, dest: Path) -> bool:
-    res = conn.run(["cat", "--", remote], timeout=STEP_TIMEOUT_S, max_stdout=_MAX_FETCH_BYTES)
-    if res.returncode != 0:
-        return False
-    atomic_write_bytes(dest, res.stdout)
-    return True
 
 
 def run_pool(pool: GatePool, out_dir: Path, *, timeout: float = DEFAULT_TIMEOUT_S,
@@ -196,15 +164,15 @@ def run_pool(pool: GatePool, out_dir: Path, *, timeout: float = DEFAULT_TIMEOUT_
         return PoolRun(pool, status, detail, time.monotonic() - t0, log=log, **kw)  # type: ignore[arg-type]
 
     try:
-        tmp = _make_tmp(conn, pool)
+        tmp = conn.make_temp_dir("llorch-gate")
         pytest_exit = _run_gate(conn, pool, tmp, log, timeout)
         json_path = out_dir / f"{stem}.json"
-        if not _fetch(conn, f"{tmp}/{stem}.json", json_path):
+        if not conn.fetch(f"{tmp}/{stem}.json", json_path):
             return done("no result", f"pytest exited {pytest_exit} and wrote no gate result "
                         f"(see {log})", pytest_exit=pytest_exit)
         html_path = out_dir / f"{stem}.html"
-        have_html = _fetch(conn, f"{tmp}/{stem}.html", html_path)
-        _fetch(conn, f"{tmp}/{stem}.xml", out_dir / f"{stem}.xml")
+        have_html = conn.fetch(f"{tmp}/{stem}.html", html_path)
+        conn.fetch(f"{tmp}/{stem}.xml", out_dir / f"{stem}.xml")
         return done("ok", f"pytest exited {pytest_exit}", pytest_exit=pytest_exit,
                     result_json=json_path, report_html=html_path if have_html else None)
     except PoolUnreachable as exc:

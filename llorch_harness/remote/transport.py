@@ -20,6 +20,7 @@ do the same but mixes stderr into stdout and mangles output, so it is not used.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any
 
 from llorch_harness import redaction
@@ -37,6 +39,7 @@ from llorch_harness.errors import (
     PoolUnreachable,
     RemoteTimeout,
 )
+from llorch_harness.fsutil import atomic_write_bytes
 from llorch_harness.labretry import retry_once
 from llorch_harness.remote.poolsfile import PoolConfig, env_ssh_config
 
@@ -44,6 +47,7 @@ SERVER_ALIVE_INTERVAL = 15
 SERVER_ALIVE_COUNT = 4
 STOP_GRACE_S = 15.0  # local ssh after its stdin closed: the remote ladder takes <= ~12 s
 KILL_WAIT_S = 5.0
+STEP_TIMEOUT_S = 120.0  # a short step on the pool: mktemp, cat, rm
 MAX_CAPTURE_BYTES = 64 * 1024 * 1024  # a captured answer larger than this is an error
 STDERR_TAIL_BYTES = 64 * 1024  # stderr is kept as a tail (it is streamed or summarised)
 WRAPPER_NAME = "llorch-remote"  # $0 of the wrapper: what `ps` shows on the pool
@@ -252,6 +256,31 @@ class SshTransport:
             raise PoolUnreachable(self.config.label(), self.host, detail,
                                   unreachable_hint(detail))
         return RemoteResult(returncode, bytes(call.out), stderr, time.monotonic() - start)
+
+    def make_temp_dir(self, name: str, timeout: float = STEP_TIMEOUT_S) -> str:
+        """`mktemp -d "${TMPDIR:-/tmp}/NAME.XXXXXXXX"` on the pool (where `gate run` and a
+        remote bisect leave their reports); an answer that is not such a directory is refused
+        before any use."""
+        script = f'mktemp -d "${{TMPDIR:-/tmp}}/{name}.XXXXXXXX"'
+        res = self.run(["sh", "-c", script], timeout=timeout)
+        if res.returncode != 0:
+            raise HarnessError(f"mktemp failed on pool {self.config.label()} (exit "
+                               f"{res.returncode}): {last_line(res.stderr)}")
+        answer = res.stdout.decode("utf-8", "replace").strip()
+        if not re.fullmatch(r"/[A-Za-z0-9._/+-]*/" + re.escape(name) + r"\.[A-Za-z0-9]{6,}",
+                            answer):
+            raise HarnessError(f"unexpected answer from mktemp: {answer[:80]!r}")
+        return answer
+
+    def fetch(self, remote: str, dest: Path, timeout: float = STEP_TIMEOUT_S,
+              max_bytes: int = MAX_CAPTURE_BYTES) -> bool:
+        """Copy one file from the pool (`cat` over this transport) to `dest`, atomically;
+        False when the pool has no such file."""
+        res = self.run(["cat", "--", remote], timeout=timeout, max_stdout=max_bytes)
+        if res.returncode != 0:
+            return False
+        atomic_write_bytes(dest, res.stdout)
+        return True
 
     def run_retrying(self, words: Sequence[str], **kw: Any) -> RemoteResult:
         """`run`, once more after ssh's own transient failure (a connect timeout or reset:
