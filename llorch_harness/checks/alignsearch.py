@@ -254,14 +254,27 @@ class Search:
 
 
 
-def fewest_tokens(data: bytes, pieces: Iterable[bytes], first_strip: bytes = b"",
+@dataclass(frozen=True)
+class Spellings:
+    """The distinct byte strings a vocabulary's tokens spell, built once per vocabulary (a
+    set of up to 151,936 entries is not rebuilt for every stream)."""
+
+    known: frozenset[bytes]
+    longest: int
+
+    @classmethod
+    def of(cls, pieces: Iterable[bytes]) -> Spellings:
+        known = frozenset(p for p in pieces if p)
+        return cls(known, max((len(p) for p in known), default=1))
+
+
+def fewest_tokens(data: bytes, spellings: Spellings, first_strip: bytes = b"",
                   replacement: bytes = b"") -> list[float]:
     """For each byte position i, the fewest tokens whose bytes spell `data[i:]` (inf where
     none do): the bound that keeps invisible tokens to where the log's count requires them.
     `first_strip`: bytes the decoder drops before the first token; `replacement`: U+FFFD, which
     the worker's text shows for invalid or unfinished UTF-8 from any tokens."""
-    known = {p for p in pieces if p}
-    longest = max((len(p) for p in known), default=1)
+    known, longest = spellings.known, spellings.longest
     n = len(data)
     best = [float("inf")] * (n + 1)
     best[n] = 0.0

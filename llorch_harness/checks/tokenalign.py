@@ -26,6 +26,7 @@ from llorch_harness.checks.alignsearch import (
     Search,
     SearchBounds,
     SearchResult,
+    Spellings,
     fewest_tokens,
 )
 
@@ -138,6 +139,7 @@ class Aligner:
         self.delta = delta
         self.k = k
         self.strip = first_strip(tokenizer, table)
+        self.spellings = Spellings.of(table)
 
     def _spells(self, rest: bytes, token_id: int, first: bool = False, pending: bytes = b""
                 ) -> tuple[int, bytes] | None:
@@ -183,7 +185,7 @@ class Aligner:
 
     def _search(self, prompt_ids: list[int], data: bytes, n_tokens: int | None,
                 bounds: SearchBounds) -> SearchResult:
-        fewest = fewest_tokens(data, self.table, self.strip, REPLACEMENT) \
+        fewest = fewest_tokens(data, self.spellings, self.strip, REPLACEMENT) \
             if n_tokens is not None else [0.0] * (len(data) + 1)
         return Search(data, n_tokens, self._spells, self._flush, self._invisible, self.logits,
                       tuple(prompt_ids), self._canonical, self.delta, self.k, bounds,
