@@ -45,7 +45,10 @@ CONTEXT_EDGE_TOKENS = 1024
 def context_edge(context: int) -> int:
     """Where `context_edge` starts failing: 1024 positions, or 3/4 of a smaller context."""
     return min(CONTEXT_EDGE_TOKENS, context * 3 // 4)
-VALUE_NAMES: tuple[str, ...] = ("slow_start", "slow_execute")
+# `token_delay=SECONDS`: every generated token costs that much more (slept once per request,
+# after the generation), so request time per generated token as a client times it rises by
+# exactly SECONDS: a build "F times slower" by that figure, whatever the HTTP layer costs.
+VALUE_NAMES: tuple[str, ...] = ("slow_start", "slow_execute", "token_delay")
 # `slow_decode=F`: every decode step takes F times as long (the prompt's pass keeps its
 # speed), a build that "decodes slower" by a known factor for the performance check.
 # `slow=F`: every request's handling (prompt, decoding, events, logs) takes F times as long,
@@ -89,6 +92,7 @@ class Faults:
     context_edge: bool = False  # prompts of CONTEXT_EDGE_TOKENS tokens or more fail
     slow_start: float = 0.0
     slow_execute: float = 0.0
+    token_delay: float = 0.0  # seconds per generated token
     slow_decode: float = 0.0  # a factor >= 1; 0 means off
     slow: float = 0.0  # a factor >= 1 on each request's handling; 0 means off
 

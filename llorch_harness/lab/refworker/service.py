@@ -130,6 +130,8 @@ class InferenceService:
         self.log.info("Inference complete", job_id=req.job_id, tokens=len(pieces))
         if self.faults.slow > 1:  # the `slow=F` fault: this request took F times as long
             time.sleep((self.faults.slow - 1.0) * (time.perf_counter() - started))
+        if self.faults.token_delay > 0:  # the `token_delay=S` fault: S more per token
+            time.sleep(self.faults.token_delay * len(pieces))
         return events
 
     def _generate(self, req: RawExecuteRequest, model_name: str,
