@@ -1,5 +1,5 @@
 """Performance history end to end: real gate runs on one pool build a history, a build that
-decodes slower by a known factor fails "No performance regression" naming the figure, an
+is slower by a known factor (per generated token) fails "No performance regression" naming the figure, an
 intended change is accepted; ten healthy measurements of the real reference worker in a
 row raise no false alarm; the history command reads what the gate wrote."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +53,7 @@ def _item(doc: dict) -> str:
 def test_a_build_that_decodes_slower_fails_the_item_after_a_healthy_history(tmp_path):
     pool = tmp_path / "pool"
     pool.mkdir()
-    statuses = []
+    statuses, per_token = [], []
     # This test is about the history (record, compare, fail, accept), not the host: the CPU
     # criterion of a busy host is off (share 1), as on a pool that is known to be dedicated;
     # tests/test_perf_busy.py tests the busy host.
@@ -65,13 +66,15 @@ def test_a_build_that_decodes_slower_fails_the_item_after_a_healthy_history(tmp_
         (rec,) = doc["performance"]
         assert rec["gate_verdict"] == "incomplete"  # set by the run's end
         statuses.append(rec["status"])
+        per_token += [f["value"] for f in rec["figures"] if f["name"] == "s_per_token"]
     assert statuses == ["recorded", "recorded", "recorded", "pass"]  # no false alarm
     (rec,) = doc["performance"]
     ttft = next(f for f in rec["figures"] if f["name"] == "ttft_s")
     assert ttft["value"] is None and "at once" in ttft["note"]  # CP3 wire: not a number
 
-    res, doc = run_perf_gate(pool, tmp_path / "slow", *dedicated,
-                             faults=f"slow={SLOW_FACTOR}")  # every request 3x
+    # a build 3x slower by the judged figure: (3 - 1) x the healthy median more per token
+    delay = (SLOW_FACTOR - 1) * statistics.median(per_token)
+    res, doc = run_perf_gate(pool, tmp_path / "slow", *dedicated, faults=f"token_delay={delay!r}")
     out = res.stdout + res.stderr
     assert res.returncode == 1, out[-6000:]
     assert "CP3 gate verdict: FAIL" in out and _item(doc) == "fail"
@@ -82,7 +85,7 @@ def test_a_build_that_decodes_slower_fails_the_item_after_a_healthy_history(tmp_
     assert len(rec["check"]["host"]) == 2 and rec["check"]["host"][0]["host"]["cores"] >= 1
     (reg,) = [c for c in rec["check"]["comparisons"] if c["verdict"] == "regression"]
     assert reg["name"] == "s_per_token" and reg["runs"] == [1, 2, 3, 4]
-    assert reg["value"] / reg["baseline"] > 1.5  # requests 3x slower show as such
+    assert reg["value"] / reg["baseline"] > 2, reg  # a build 3x slower shows as such
 
     db = pool / ".runtime" / "gate" / "results.sqlite"
     hist = subprocess.run([sys.executable, "-m", "llorch_harness.cli.harness_main", "history",
