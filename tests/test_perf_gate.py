@@ -1,7 +1,7 @@
-"""Performance history end to end: real gate runs on one pool build a history, a build that
-is slower by a known factor (per generated token) fails "No performance regression" naming the figure, an
-intended change is accepted; ten healthy measurements of the real reference worker in a
-row raise no false alarm; the history command reads what the gate wrote."""
+"""Performance history end to end: real gate runs on one pool build a history, a build
+slower by a known factor (per generated token) fails "No performance regression" naming
+the figure, an intended change is accepted; ten healthy measurements of the real reference
+worker in a row raise no false alarm; the history command reads what the gate wrote."""
 
 from __future__ import annotations
 
