@@ -75,19 +75,22 @@ def filter_metadata(metadata: MutableMapping[str, Any], lab: Mapping[str, Any] |
 
 
 def escape_environment(metadata: MutableMapping[str, Any]) -> None:
-    """Every value of the environment table as HTML text, in place, once per session just
-    before pytest-html writes the page (its app.js puts values in with `innerHTML`: a
-    binary's path holding `<img onerror=...>` would run). Dict keys and list items too."""
+    """Every value of the environment table as HTML text, in place (pytest-html's app.js
+    puts values in with `innerHTML`: a binary's path holding `<img onerror=...>` would run).
+    Dict keys and list items too. Idempotent (an escaped value is `Markup` and stays as it
+    is), so it runs at session start, before pytest-html first reads the table (a report
+    written mid-run with `generate_report_on_test`), and again once the xdist workers'
+    metadata has been merged back, before the final page."""
     for key in list(metadata):
         metadata[key] = _env_value(metadata[key], 0)
 
 
 def _env_value(value: Any, depth: int) -> Any:
     if isinstance(value, Mapping) and depth < 2:
-        return {str(html_text(k)): str(_env_value(v, depth + 1)) for k, v in value.items()}
+        return {html_text(k): _env_value(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple) and depth < 2:
-        return [str(_env_value(v, depth + 1)) for v in value]
-    return str(html_text(value))
+        return [_env_value(v, depth + 1) for v in value]
+    return html_text(value if isinstance(value, Markup) else str(value))
 
 
 def banner_html(banner: str, lab: str) -> str:

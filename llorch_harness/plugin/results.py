@@ -53,6 +53,17 @@ class GateResults:
 
             self.health = SessionHealth.start(gpus)  # before the first test (issue 15)
             self._health_rows()
+        self._escape_environment()  # before pytest-html reads the table (trylast)
+
+    def _escape_environment(self) -> None:
+        """On the controller only: an xdist worker sends its metadata back over execnet,
+        which carries plain strings (the controller escapes them after the merge)."""
+        if is_xdist_worker(self.config):
+            return
+        with contextlib.suppress(ImportError, KeyError):
+            from pytest_metadata.plugin import metadata_key
+
+            rpt.escape_environment(self.config.stash[metadata_key])
 
     def _health_rows(self) -> None:
         """The devices' health in the report's environment (controller only)."""
@@ -164,10 +175,7 @@ class GateResults:
     @pytest.hookimpl(optionalhook=True)
     def pytest_html_results_summary(self, prefix: list[str], summary: list[str],
                                     postfix: list[str], session: pytest.Session) -> None:
-        with contextlib.suppress(ImportError, KeyError):  # once, after the workers' merge
-            from pytest_metadata.plugin import metadata_key
-
-            rpt.escape_environment(session.config.stash[metadata_key])
+        self._escape_environment()  # again: the workers' merged rows, the health rows
         collector = self.collector
         here = [n for n, st in self.decision.backends.items() if st.usable]
         prefix.append(firstscreen.FIRST_SCREEN_CSS)  # the verdict first, then the banner

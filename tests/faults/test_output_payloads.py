@@ -185,6 +185,26 @@ class TestReportsInChromium:
         figure("output_payloads", output="per-pool HTML report (Chromium)",
                input="worker binary path", payloads=len(slash_free), executed=0, crashed=0)
 
+    def test_pool_report_written_mid_run(self, tmp_path: Path) -> None:
+        """Item 1 mid-run: with `generate_report_on_test`, pytest-html writes the page at
+        session start and after each test, long before the final page; the copy taken then
+        (by a plugin of this test, after collection) must be as safe as the final one."""
+        browser.chromium()
+        slash_free = {k: v for k, v in _hostile_texts().items() if "/" not in v}
+        bin_dir = tmp_path / "w" / "".join(slash_free.values())[:200]
+        install_worker(bin_dir, "cpu")
+        mid = tmp_path / "mid.html"
+        (tmp_path / "midrun_copy.py").write_text(
+            "import os, shutil\n\n\ndef pytest_collection_finish(session):\n"
+            "    shutil.copyfile(os.environ['MIDRUN_FROM'], os.environ['MIDRUN_TO'])\n")
+        res = _gate(tmp_path, bin_dir, "--html", str(tmp_path / "r.html"),
+                    "--self-contained-html", "-o", "generate_report_on_test=True",
+                    "-p", "midrun_copy",
+                    env={"MIDRUN_FROM": str(tmp_path / "r.html"), "MIDRUN_TO": str(mid)})
+        assert mid.is_file(), res.stdout[-3000:] + res.stderr[-3000:]
+        page = _assert_nothing_ran(mid)
+        assert "llorch-cpu-candled" in page.dom  # the row is there, shown as text
+
     def test_history_page_from_a_store(self, tmp_path: Path) -> None:
         """Item 2: `history --html` over a store with a payload in every text field and
         markup in a figure's count (`n`, an integer column, but SQLite keeps whatever text
@@ -579,10 +599,12 @@ class TestTerminalLines:
                payload=name, control_bytes_out=0, crashed=0)
 
 
-def _gate(tmp: Path, bin_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def _gate(tmp: Path, bin_dir: Path, *extra: str,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """A gate run that selects no test (the header, the lab, the report are all made)."""
     (tmp / "pool").mkdir(exist_ok=True)
-    env = {k: v for k, v in clean_env().items() if not k.startswith(("LLORCH_", "PYTEST_"))}
+    env = {**{k: v for k, v in clean_env().items() if not k.startswith(("LLORCH_", "PYTEST_"))},
+           **(env or {})}
     argv = [sys.executable, "-m", "pytest", str(REPO_ROOT / "tests_hw"), "-p",
             "no:cacheprovider", "--pool-root", str(tmp / "pool"), "--basetemp",
             str(tmp / "bt"), "--gate-model", "tiny-qwen", "--llorch-bin-dir", str(bin_dir),
