@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +51,6 @@ def test_a_bisect_on_a_pool_finds_its_items_and_brings_the_reports_back(
         tmp_path: Path, sshd: SshdServer) -> None:
     pools_file, main = pool_setup(tmp_path, sshd)
     (tmp_path / "out").mkdir()
-    temps_before = set(Path("/tmp").glob("llorch-bisect.*"))
     res = llorch(tmp_path, "--host", "ws", "--pools-file", str(pools_file),
                  "--llorch-repo", str(tmp_path / "llama-orch"), "--good", main[17],
                  "--bad", main[18], "--backend", "cpu", "--runs", "1",
@@ -69,7 +69,11 @@ def test_a_bisect_on_a_pool_finds_its_items_and_brings_the_reports_back(
     html = (tmp_path / "out" / "b.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and main[18] in html
     assert "hf_CANARYsecretVALUE123" not in out + html + json.dumps(doc)
-    assert set(Path("/tmp").glob("llorch-bisect.*")) == temps_before  # the pool's temp dir
+    # the pool's temp dir (named by the remote bisect's own "json: DIR/bisect.json" line) is
+    # gone; other runs' temp dirs on this machine are none of this test's business
+    used = re.findall(r"^json: (/\S*/llorch-bisect\.[A-Za-z0-9]+)/bisect\.json$", res.stdout,
+                      re.MULTILINE)
+    assert len(used) == 1 and not Path(used[0]).exists(), res.stdout[-3000:]
 
 
 def test_a_dry_run_prints_the_quoted_command_and_a_typo_costs_no_ssh(

@@ -170,3 +170,40 @@ def test_llorch_checks_a_backend_name_before_anything_is_forwarded(tmp_path: Pat
                          check=False)
     assert res.returncode == EXIT_CODES["backend"], res.stderr
     assert "did you mean cuda?" in the_line(res, "error: unknown backend 'cdua'")
+
+
+@pytest.mark.parametrize("tool", ["llorch-harness", "llorch"])
+def test_bisect_backend_typo_has_the_backend_status(tmp_path: Path, tool: str) -> None:
+    """`llorch-harness bisect` and `llorch bisect --host` (which must refuse it before ssh:
+    the host is not in any pools file) check --backend as every other command does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLORCH_")}
+    host = ["--host", "no-such-pool"] if tool == "llorch" else []
+    res = subprocess.run([str(LLORCH_POOL.parent / tool), "bisect", *host, "--backend", "cdua",
+                          "--good", "a", "--bad", "b", "--llorch-repo", str(tmp_path)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                         check=False, stdin=subprocess.DEVNULL)
+    assert res.returncode == EXIT_CODES["backend"], res.stdout + res.stderr
+    assert "did you mean cuda?" in the_line(res, "error: unknown backend 'cdua'")
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["llorch-harness", "tiny-model", "build", "--architecture", "qwn", "DIR"],
+     "unknown architecture 'qwn' (did you mean qwen2?; known: qwen2, llama, phi3, mistral)"),
+    (["llorch-harness", "tiny-model", "build", "--vocab", "qwen", "DIR"],
+     "unknown vocabulary 'qwen' (did you mean qwen2.5?; known: qwen2.5, corpus)"),
+    (["llorch-pool", "worker", "spawn", "cpu", "--model", "m", "--worker", "refrence"],
+     "unknown worker kind 'refrence' (did you mean reference?; known: llorch, reference)"),
+])
+def test_a_mistyped_option_value_says_what_was_meant(tmp_path: Path, argv: list[str],
+                                                     said: str) -> None:
+    """Names without an exit status of their own stay usage errors (2), with a did-you-mean
+    where argparse's choices would only list them; nothing is written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLORCH_")}
+    args = [str(tmp_path / "out") if a == "DIR" else a for a in argv[1:]]
+    res = subprocess.run([str(LLORCH_POOL.parent / argv[0]), *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120, check=False,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 2, res.stdout + res.stderr
+    (error,) = [ln for ln in res.stderr.splitlines() if ": error: " in ln]
+    assert error.endswith(said), error
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llorch_harness.choices import check_name
 from llorch_harness.cli.common import finite_seconds, int_in_range, sigterm_interrupts
 from llorch_harness.pool.backends import BACKEND_NAMES
 
@@ -24,7 +25,9 @@ def add_arguments(b: argparse.ArgumentParser) -> None:
                         "state are never touched)")
     b.add_argument("--good", required=True, metavar="REV", help="a commit where the items pass")
     b.add_argument("--bad", required=True, metavar="REV", help="a later commit where they fail")
-    b.add_argument("--backend", required=True, choices=BACKEND_NAMES)
+    b.add_argument("--backend", required=True, metavar="BACKEND",
+                   help=f"the worker backend to build and gate: {', '.join(BACKEND_NAMES)} (a "
+                        "mistyped one is the backend exit status, with a did-you-mean)")
     b.add_argument("--item", action="append", default=[], metavar="NAME",
                    help="a gate checklist item to judge, as the checklist writes it "
                         "(repeatable; default: the items failing at --bad and passing at "
@@ -64,11 +67,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b.set_defaults(func=cmd_bisect)
 
 
+def check_backend(args: argparse.Namespace) -> None:
+    """A mistyped --backend: one line with a did-you-mean and the backend exit status (11),
+    as in every other command, instead of argparse's usage text."""
+    check_name("backend", args.backend, BACKEND_NAMES)
+
+
 def cmd_bisect(args: argparse.Namespace) -> int:
     from llorch_harness.bisect import driver, render, report
     from llorch_harness.bisect.gatestep import gate_suite
     from llorch_harness.pool.paths import resolve_pool_root
 
+    check_backend(args)
     json_path = report.check_target(Path(args.json), "--json") if args.json else None
     html_path = report.check_target(Path(args.html), "--html") if args.html else None
     opts = driver.BisectOptions(

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
-from llorch_harness.choices import EXIT_CODES
+from llorch_harness.choices import EXIT_CODES, did_you_mean
 from llorch_harness.errors import HarnessError
 from llorch_harness.pool.paths import (
     MODELS_DIRNAME,
@@ -226,6 +226,26 @@ def int_in_range(low: int, high: int, what: str = "value") -> Callable[[str], in
         return value
 
     return parse
+
+
+def one_of(what: str, known: Sequence[str]) -> Callable[[str], str]:
+    """argparse type: one of `known` (an architecture, a vocabulary, a worker kind); a typo
+    is a usage error that says what was meant, where `choices=` would only list the names.
+    Use it with `metavar=choices_metavar(known)` so the help still lists them."""
+
+    def parse(text: str) -> str:
+        if text in known:
+            return text
+        close = did_you_mean(text, known)
+        hint = f"did you mean {' or '.join(close)}?; " if close else ""
+        raise argparse.ArgumentTypeError(f"unknown {what} {text!r} ({hint}known: "
+                                         f"{', '.join(known)})")
+
+    return parse
+
+
+def choices_metavar(known: Sequence[str]) -> str:
+    return "{" + ",".join(known) + "}"
 
 
 def port_number(text: str) -> int:

