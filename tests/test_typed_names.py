@@ -207,3 +207,29 @@ def test_a_mistyped_option_value_says_what_was_meant(tmp_path: Path, argv: list[
     (error,) = [ln for ln in res.stderr.splitlines() if ": error: " in ln]
     assert error.endswith(said), error
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_host_close_to_a_pool_name_is_named_when_ssh_fails(tmp_path: Path) -> None:
+    """`llorch pool status --host gpu-bx` with a pool `gpu-box` in the file: an ad-hoc host
+    is legal, so real ssh is tried (here it is refused on a closed loopback port), and its
+    failure names the pool the user probably meant."""
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host gpu-bx\n  HostName 127.0.0.1\n  Port {port}\n")
+    pools = tmp_path / "pools.toml"
+    pools.write_text('[pools.gpu-box]\nhost = "127.0.0.1"\nroot = "/srv/pool"\n')
+    pools.chmod(0o600)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LLORCH_")},
+           "LLORCH_SSH_CONFIG": str(cfg)}
+    res = subprocess.run([str(LLORCH_POOL.parent / "llorch"), "--pools-file", str(pools),
+                          "pool", "status", "--host", "gpu-bx"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120, check=False,
+                         stdin=subprocess.DEVNULL)
+    assert res.returncode == 255, res.stdout + res.stderr
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert "cannot reach pool gpu-bx over ssh" in line and "refused" in line, line
+    assert "'gpu-bx' is not a pool in the pools file: did you mean gpu-box?" in line, line

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llorch_harness import redaction
+from llorch_harness.choices import did_you_mean
 from llorch_harness.errors import HarnessError
 from llorch_harness.pool.backends import BACKEND_NAMES
 from llorch_harness.pool.paths import POOL_ROOT_ENV, printable, resolve_pool_root
@@ -58,6 +59,8 @@ class PoolConfig:
     ssh_config: Path | None = None
     connect_timeout: int = DEFAULT_CONNECT_TIMEOUT
     source: Path | None = None
+    # an ad-hoc --host close to a pool's name in the file (a typo?): named if ssh fails
+    near_pools: tuple[str, ...] = ()
 
     @property
     def host(self) -> str:
@@ -324,7 +327,8 @@ def resolve_pool(target: str, pools: PoolsFile) -> PoolConfig:
     if found is not None:
         return found
     dest = parse_destination(target)
-    return PoolConfig(name=target, destination=dest)
+    return PoolConfig(name=target, destination=dest,
+                      near_pools=tuple(did_you_mean(target, pools.pools)))
 
 
 def env_ssh_config() -> Path | None:

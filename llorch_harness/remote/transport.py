@@ -97,8 +97,19 @@ def last_line(text: str) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def unreachable_hint(detail: str) -> str | None:
-    """What to do about ssh's own failure, from its last line."""
+def unreachable_hint(detail: str, config: PoolConfig | None = None) -> str | None:
+    """What to do about ssh's own failure, from its last line; for an ad-hoc --host close
+    to a pool's name in the pools file, that name first (a typo is likelier than a down
+    host)."""
+    hint = _ssh_hint(detail)
+    if config is None or not config.near_pools:
+        return hint
+    typo = (f"{config.name!r} is not a pool in the pools file: did you mean "
+            f"{' or '.join(config.near_pools)}?")
+    return f"{typo}; {hint}" if hint else typo
+
+
+def _ssh_hint(detail: str) -> str | None:
     low = detail.lower()
     if "host key" in low or "host identification" in low:
         return "the host key does not match known_hosts; verify the pool's key before updating it"
@@ -254,7 +265,7 @@ class SshTransport:
         if returncode == SSH_FAILED:
             detail = last_line(stderr)
             raise PoolUnreachable(self.config.label(), self.host, detail,
-                                  unreachable_hint(detail))
+                                  unreachable_hint(detail, self.config))
         return RemoteResult(returncode, bytes(call.out), stderr, time.monotonic() - start)
 
     def make_temp_dir(self, name: str, timeout: float = STEP_TIMEOUT_S) -> str:
