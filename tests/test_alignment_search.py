@@ -205,3 +205,28 @@ def test_invalid_utf8_shows_as_replacement_and_still_aligns(numpy_ref: NumpyRefe
     # a wrong byte after the replacement is still caught
     wrong = runner.compare(stream(PROMPT, [text + "Q"], len(ids) + 1, len(ids) + 1), case)
     assert not wrong.ok
+
+
+@pytest.mark.parametrize("architecture", ["llama", "mistral", "phi3"])
+def test_a_sentencepiece_stream_costs_a_few_passes_not_one_per_token(
+        tmp_path_factory: pytest.TempPathFactory, architecture: str) -> None:
+    """A Llama-style tokenizer prepends its dummy "▁" to what it encodes, so the rest's own
+    split, encoded alone mid-text, spelled a space the text does not have and every token
+    cost a forward pass (24 for 24). Encoded behind a newline, the guess follows the text:
+    the reference's own greedy streams, read back, cost a few passes each."""
+    from llorch_harness.lab.tinymodel import build_tiny_model
+
+    out = tmp_path_factory.mktemp("spm") / architecture
+    build_tiny_model(out, architecture=architecture)
+    ref = NumpyReference(out)
+    runner = ReferenceRunner(ref)
+    passes, tokens = 0, 0
+    for prompt in (PROMPT, "The quick brown fox jumps over the lazy dog.", "1 2 3 4"):
+        greedy = runner.greedy(prompt, 24)
+        verdict = runner.compare(stream(prompt, [greedy["text"]], 24, len(greedy["ids"])),
+                                 architecture)
+        assert verdict.ok, verdict.message
+        assert verdict.details["worker_token_ids"] == greedy["ids"]
+        passes += verdict.details["forward_passes"]
+        tokens += len(greedy["ids"])
+    assert tokens >= 48 and passes <= tokens // 4, (passes, tokens)

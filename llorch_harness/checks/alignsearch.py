@@ -125,7 +125,7 @@ class Search:
     invisible: Callable[[int], bool]  # the token adds no bytes to the text
     logits: Callable[[list[int]], np.ndarray]  # one forward pass: a row per position
     prompt_ids: tuple[int, ...]
-    canonical: Callable[[bytes], list[int]]
+    canonical: Callable[[bytes, bool], list[int]]  # (rest, at the text's start) -> ids
     delta: float
     k: int
     bounds: SearchBounds
@@ -239,7 +239,7 @@ class Search:
             return cached
         # teacher-forced along the rest's canonical tokenization: a reading that follows it
         # finds its next rows here, without another pass
-        guess = self.canonical(self.data[reading.pos:])
+        guess = self.canonical(self.data[reading.pos:], reading.pos == 0)
         out = self.logits(list(self.prompt_ids) + list(reading.ids) + guess)
         self.result.passes += 1
         base = len(self.prompt_ids) + len(reading.ids) - 1

@@ -31,6 +31,8 @@ from llorch_harness.checks.alignsearch import (
 )
 
 REPLACEMENT = "\ufffd".encode()
+# what a rest is encoded behind when the tokenizer would prepend its dummy prefix to it
+CANONICAL_SENTINEL = "\n"
 
 
 def token_bytes(tokenizer: Tokenizer, vocab_size: int) -> list[bytes]:
@@ -176,12 +178,37 @@ class Aligner:
     def _invisible(self, token_id: int) -> bool:
         return 0 <= token_id < len(self.table) and not self.table[token_id]
 
-    def _canonical(self, rest: bytes) -> list[int]:
+    def _canonical(self, rest: bytes, first: bool = False) -> list[int]:
+        """The tokenizer's own split of `rest`, spelling exactly its bytes where it can: the
+        guess a forward pass is teacher-forced along (a reading that follows it costs no
+        further pass). A SentencePiece tokenizer prepends its dummy "▁" to whatever it
+        encodes, which mid-text spells a space the text does not have; there the rest is
+        encoded behind a newline (a byte token that merges with nothing) and that is cut."""
         try:
             text = rest.decode("utf-8")
         except UnicodeDecodeError:
             return []  # starts inside a character: only the candidates can continue it
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids) if text else []
+        if not text:
+            return []
+        ids = self._encode(text)
+        spelled = self._spelled(ids)
+        if spelled == rest or (first and self.strip and spelled == self.strip + rest):
+            return ids
+        behind = self._encode(CANONICAL_SENTINEL + text)
+        acc = b""
+        for cut, token_id in enumerate(behind[:3], start=1):
+            acc += self.table[token_id] if 0 <= token_id < len(self.table) else b""
+            if acc.endswith(CANONICAL_SENTINEL.encode()):
+                if self._spelled(behind[cut:]) == rest:
+                    return behind[cut:]
+                break
+        return ids
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _spelled(self, ids: list[int]) -> bytes:
+        return b"".join(self.table[i] for i in ids if 0 <= i < len(self.table))
 
     def _search(self, prompt_ids: list[int], data: bytes, n_tokens: int | None,
                 bounds: SearchBounds) -> SearchResult:
