@@ -730,3 +730,16 @@ def test_remote_command_is_wrapped_but_words_stay_verbatim(tmp_path: Path,
     assert json.loads(res.stdout) == [["a b", "", "-n"], str(odd), ""]
     missing = transport.run(["true"], cwd=str(tmp_path / "nope"), timeout=HANG_GUARD_S)
     assert missing.returncode != 0 and "nope" in missing.stderr
+
+
+@pytest.mark.parametrize("name", ["x; touch /tmp/pwned", "$(id)", "a/b", "../up", "", "-rf"])
+def test_a_temp_dir_name_that_is_not_a_plain_word_never_reaches_the_shell(name: str) -> None:
+    """`make_temp_dir` puts its name into `sh -c` on the pool: anything but a plain word is
+    refused before ssh starts (the pool here does not exist: reaching ssh would say so)."""
+    from llorch_harness.remote.poolsfile import PoolConfig
+    from llorch_harness.remote.transport import SshTransport
+
+    conn = SshTransport(PoolConfig(name="nowhere", destination=parse_destination(
+        "no-such-host.invalid")))
+    with pytest.raises(ValueError, match="not a temp dir name"):
+        conn.make_temp_dir(name)

@@ -271,7 +271,9 @@ class SshTransport:
     def make_temp_dir(self, name: str, timeout: float = STEP_TIMEOUT_S) -> str:
         """`mktemp -d "${TMPDIR:-/tmp}/NAME.XXXXXXXX"` on the pool (where `gate run` and a
         remote bisect leave their reports); an answer that is not such a directory is refused
-        before any use."""
+        before any use. `name` goes into a shell script, so it is a plain word or refused."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"not a temp dir name: {name!r}")
         script = f'mktemp -d "${{TMPDIR:-/tmp}}/{name}.XXXXXXXX"'
         res = self.run(["sh", "-c", script], timeout=timeout)
         if res.returncode != 0:
