@@ -195,13 +195,9 @@ class Aligner:
         if spelled == rest or (first and self.strip and spelled == self.strip + rest):
             return ids
         behind = self._encode(CANONICAL_SENTINEL + text)
-        acc = b""
-        for cut, token_id in enumerate(behind[:3], start=1):
-            acc += self.table[token_id] if 0 <= token_id < len(self.table) else b""
-            if acc.endswith(CANONICAL_SENTINEL.encode()):
-                if self._spelled(behind[cut:]) == rest:
-                    return behind[cut:]
-                break
+        for cut in range(1, min(3, len(behind)) + 1):  # the dummy prefix, then the newline
+            if self._spelled(behind[:cut]).endswith(CANONICAL_SENTINEL.encode()):
+                return behind[cut:] if self._spelled(behind[cut:]) == rest else ids
         return ids
 
     def _encode(self, text: str) -> list[int]:
